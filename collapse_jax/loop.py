@@ -1,0 +1,371 @@
+"""The self-consuming loop: D_g -> train -> sample pool S_g -> score -> select -> D_{g+1}.
+
+Run directory (one per run):
+  config.json       the resolved config (a rerun with another config is refused)
+  metrics.jsonl     one record per generation, rewritten atomically (never duplicated)
+  curves.png        every measure over generations
+  gen_XXX/          train_images.npy (+ train_labels/source/index.npy, selection.json): D_g
+                    ckpt/ (orbax: preemption checkpoint, then the generation's final model)
+                    pool.npy (+ pool_labels.npy): S_g as uint8, exactly what is scored and reused
+                    samples.png, nearest.png
+Each phase's output is written atomically and marks the phase done, so rerunning the same command
+after a kill continues from the last finished phase (and training from its last checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import logging
+import time
+
+import numpy as np
+import jax
+from jax.experimental import multihost_utils
+
+from collapse_jax import data, diffusion, features, files, parallel, report, scoring, selection
+from collapse_jax import train as train_lib
+
+log = logging.getLogger('collapse_jax')
+
+PM1 = 127.5  # pixels 0-255 -> [-1, 1] distances
+
+
+def validate(cfg, dataset_size: int | None = None):
+    """Checks the config as a whole before any work; raises ValueError naming the field."""
+    def need(ok, msg):
+        if not ok:
+            raise ValueError(msg)
+    lp = cfg.loop
+    need(lp.paradigm in selection.PARADIGMS,
+         f'loop.paradigm={lp.paradigm!r}; allowed: {", ".join(selection.PARADIGMS)}')
+    need(lp.selection in selection.SELECTIONS,
+         f'loop.selection={lp.selection!r}; allowed: {", ".join(selection.SELECTIONS)}')
+    need(lp.paradigm != 'accumulate_subsample' or lp.selection in ('none', 'random'),
+         f'loop.selection={lp.selection!r} with accumulate_subsample; allowed: none, random '
+         '(the per-source subsample is the selection)')
+    need(lp.pool_factor in (1, 2, 5), f'loop.pool_factor={lp.pool_factor}; allowed: 1, 2, 5')
+    need(lp.generations >= 1, f'loop.generations={lp.generations}; must be >= 1')
+    need(0 < lp.fresh_fraction < 1 or lp.paradigm != 'fresh',
+         f'loop.fresh_fraction={lp.fresh_fraction}; allowed: 0 < x < 1')
+    features.get(lp.feature_space)
+    for field in ('data.n', 'train.batch_size', 'sample.batch_size', 'train.log_every',
+                  'train.ckpt_every', 'data.resolution'):
+        sec, key = field.split('.')
+        need(cfg[sec][key] > 0, f'{field}={cfg[sec][key]}; must be > 0')
+    need(cfg.data.n >= 2, f'data.n={cfg.data.n}; must be >= 2')
+    parallel.check_divisible(cfg.train.batch_size, 'train.batch_size')
+    parallel.check_divisible(cfg.sample.batch_size, 'sample.batch_size')
+    levels = len(train_lib.unet.PRESETS.get(cfg.model.preset, {}).get('widths', ()))
+    need(levels, f'model.preset={cfg.model.preset!r}; allowed: {", ".join(train_lib.unet.PRESETS)}')
+    need(cfg.data.resolution % 2 ** (levels - 1) == 0,
+         f'data.resolution={cfg.data.resolution}: model.preset={cfg.model.preset} has {levels} '
+         f'levels and needs a multiple of {2 ** (levels - 1)}')
+    need(cfg.data.channels in (1, 3), f'data.channels={cfg.data.channels}; allowed: 1, 3')
+    need(cfg.model.dtype in ('float32', 'bfloat16'),
+         f"model.dtype={cfg.model.dtype!r}; allowed: 'float32', 'bfloat16'")
+    diffusion.sampler_coefficients(np.linspace(0.99, 0.01, cfg.diffusion.num_steps),
+                                   cfg.sample.steps, cfg.sample.variance)
+    if dataset_size is not None:
+        extra = fresh_per_generation(cfg) * (lp.generations - 1)
+        need(cfg.data.n + extra <= dataset_size,
+             f'data.n={cfg.data.n} (+{extra} fresh) exceeds the {dataset_size} images of '
+             f'data.source={cfg.data.source!r}')
+
+
+def fresh_per_generation(cfg):
+    return int(round(cfg.loop.fresh_fraction * cfg.data.n)) if cfg.loop.paradigm == 'fresh' else 0
+
+
+def _threshold_params(cfg):
+    tau = cfg.loop.tau or features.DEFAULT_TAU.get(cfg.loop.feature_space, 60.0)
+    decay = cfg.loop.decay or (0.95 if cfg.loop.paradigm in ('replace', 'fresh') else 0.80)
+    return tau, decay
+
+
+def _gen_dir(workdir, g):
+    return os.path.join(workdir, f'gen_{g:03d}')
+
+
+def _load_arrays(d, prefix):
+    out = {}
+    for key in ('images', 'labels', 'source', 'index'):
+        p = os.path.join(d, f'{prefix}_{key}.npy')
+        out[key] = np.load(p) if os.path.exists(p) else None
+    return out
+
+
+def _save_train_set(d, images, labels, source, index, info):
+    """D_g: the images file goes last and marks the set complete."""
+    if labels is not None:
+        files.save_npy(os.path.join(d, 'train_labels.npy'), labels)
+    files.save_npy(os.path.join(d, 'train_source.npy'), source)
+    files.save_npy(os.path.join(d, 'train_index.npy'), index)
+    files.save_json(os.path.join(d, 'selection.json'), info)
+    files.save_npy(os.path.join(d, 'train_images.npy'), images)
+
+
+def _check_workdir_config(workdir, cfg_json):
+    path = os.path.join(workdir, 'config.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        new = json.loads(cfg_json)
+        for c in (old, new):  # extending a run, or logging more often, is allowed
+            c['loop'].pop('generations', None)
+            c['train'].pop('log_every', None)
+        if old != new:
+            diff = [f'{s}.{k}' for s in new for k in (new[s] if isinstance(new[s], dict) else [''])
+                    if (old.get(s, {}).get(k) if k else old.get(s)) !=
+                    (new[s][k] if k else new[s])]
+            raise ValueError(f'workdir {workdir} holds a run with a different config '
+                             f'({", ".join(diff)}); resume with the same config, or use a new '
+                             '--workdir (delete its config.json to force)')
+    if jax.process_index() == 0:
+        files.atomic_write(path, lambda f: f.write(cfg_json.encode()))
+
+
+class _Preemption:
+    """SIGTERM (TPU preemption notice) -> save a checkpoint at the next step and exit cleanly."""
+
+    def __init__(self):
+        self.flag = False
+
+    def __enter__(self):
+        self.old = signal.signal(signal.SIGTERM, self._set)
+        return self
+
+    def _set(self, *_):
+        log.warning('SIGTERM: saving a checkpoint and stopping')
+        self.flag = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self.old)
+
+
+def run(cfg, workdir):
+    """Runs cfg.sweep's variants (or the one configured) under workdir. Returns {label: records}."""
+    if not cfg.sweep:
+        return {f'{cfg.loop.paradigm}/{cfg.loop.selection}': run_generations(cfg, workdir)}
+    runs, first = {}, None
+    for item in cfg.sweep.split(','):
+        if item.count(':') != 1:
+            raise ValueError(f'sweep item {item!r}; expected paradigm:selection, comma-separated')
+        sub = cfg.copy_and_resolve_references()
+        sub.loop.paradigm, sub.loop.selection = item.strip().split(':')
+        sub.sweep = ''
+        validate(sub)
+        sub_dir = os.path.join(workdir, f'{sub.loop.paradigm}_{sub.loop.selection}')
+        if first is not None:
+            _share_generation_zero(first, sub_dir)
+        runs[f'{sub.loop.paradigm}/{sub.loop.selection}'] = run_generations(sub, sub_dir)
+        first = first or sub_dir
+    if jax.process_index() == 0:
+        report.plot_curves(os.path.join(workdir, 'compare.png'), runs)
+    return runs
+
+
+def _share_generation_zero(src_dir, dst_dir):
+    """Generation 0 (real data, its model and pool) is the same in every variant of a sweep:
+    copy the finished pool instead of training it again."""
+    src, dst = _gen_dir(src_dir, 0), _gen_dir(dst_dir, 0)
+    if not os.path.exists(os.path.join(src, 'pool.npy')) or os.path.exists(
+            os.path.join(dst, 'pool.npy')):
+        return
+    os.makedirs(dst, exist_ok=True)
+    for name in sorted(os.listdir(src)):
+        if name.startswith(('train_', 'pool', 'selection.json')):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, '.tmp-' + name))
+    for name in sorted(os.listdir(dst)):  # rename pool.npy last: it marks the phase done
+        if name.startswith('.tmp-') and name != '.tmp-pool.npy':
+            os.replace(os.path.join(dst, name), os.path.join(dst, name[5:]))
+    os.replace(os.path.join(dst, '.tmp-pool.npy'), os.path.join(dst, 'pool.npy'))
+
+
+def run_generations(cfg, workdir):
+    validate(cfg)
+    images, labels = data.load(cfg.data)
+    validate(cfg, dataset_size=len(images))
+    if cfg.model.num_classes and labels is None:
+        raise ValueError(f'model.num_classes={cfg.model.num_classes} but '
+                         f'data.source={cfg.data.source!r} has no labels')
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir_config(workdir, cfg.to_json(sort_keys=True))
+    n, lp = cfg.data.n, cfg.loop
+    order = data.real_order(len(images), cfg.seed)
+    real = dict(images=images[order[:n]], labels=None if labels is None else labels[order[:n]])
+    fresh_n = fresh_per_generation(cfg)
+
+    mesh = parallel.make_mesh()
+    graphdef, init_params = train_lib.build_model(cfg, cfg.data.channels)
+    shape = (cfg.data.resolution, cfg.data.resolution, cfg.data.channels)
+    sampler = diffusion.make_sampler(
+        graphdef, diffusion.linear_alphas_cumprod(cfg.diffusion.num_steps, cfg.diffusion.beta_start,
+                                                  cfg.diffusion.beta_end),
+        shape=shape, steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
+        variance=cfg.sample.variance, guidance=cfg.sample.guidance,
+        num_classes=cfg.model.num_classes, sharding=parallel.data_sharding(mesh))
+    featurize = features.get(lp.feature_space)
+    compiled_steps = {}
+    metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    writer = jax.process_index() == 0
+
+    g0 = _gen_dir(workdir, 0)
+    if writer and not os.path.exists(os.path.join(g0, 'train_images.npy')):
+        _save_train_set(g0, real['images'], real['labels'], np.full(n, -1, np.int16),
+                        order[:n], dict(rule='real', n=n))
+    with _Preemption() as pre:
+        for g in range(lp.generations):
+            gd = _gen_dir(workdir, g)
+            d_g = _load_arrays(gd, 'train')
+            times = {}
+            pool_path = os.path.join(gd, 'pool.npy')
+            if not os.path.exists(pool_path):
+                t0 = time.time()
+                state, info = train_lib.train_generation(
+                    cfg, d_g['images'], d_g['labels'], generation=g,
+                    ckpt_dir=os.path.abspath(os.path.join(gd, 'ckpt')), mesh=mesh,
+                    graphdef=graphdef, init_params=init_params, should_stop=lambda: pre.flag,
+                    compiled=compiled_steps)
+                if info['stopped']:
+                    log.warning('stopped by SIGTERM in generation %d; rerun to resume', g)
+                    return {}
+                times['train_s'] = time.time() - t0
+                t0 = time.time()
+                pool, pool_labels = sample_pool(cfg, sampler, state['ema'] if cfg.train.ema
+                                                else state['params'], n * lp.pool_factor, g, mesh)
+                times['sample_s'] = time.time() - t0
+                if writer:
+                    if pool_labels is not None:
+                        files.save_npy(os.path.join(gd, 'pool_labels.npy'), pool_labels)
+                    files.save_npy(pool_path, pool)
+                    files.save_json(os.path.join(gd, 'times.json'),
+                                    dict(times, final_loss=info['losses'][-1][1]
+                                         if info['losses'] else None, steps=info['steps']))
+            pool = np.load(pool_path)
+            records = files.read_jsonl(metrics_path)
+            if not any(r['generation'] == g for r in records):
+                t0 = time.time()
+                rec = score_generation(cfg, g, d_g, pool, gd, featurize)
+                rec['score_s'] = time.time() - t0
+                tpath = os.path.join(gd, 'times.json')
+                if os.path.exists(tpath):
+                    with open(tpath) as f:
+                        rec.update(json.load(f))
+                records = [r for r in records if r['generation'] != g] + [rec]
+                if writer:
+                    files.save_jsonl(metrics_path, sorted(records, key=lambda r: r['generation']))
+                    report.plot_curves(os.path.join(workdir, 'curves.png'),
+                                       {f'{lp.paradigm}/{lp.selection}': records})
+                log.info('generation %d: %s', g, json.dumps(
+                    {k: rec[k] for k in ('train_entropy', 'gs_l2', 'memorization')}))
+            nxt = _gen_dir(workdir, g + 1)
+            if g + 1 < lp.generations and not os.path.exists(
+                    os.path.join(nxt, 'train_images.npy')):
+                t0 = time.time()
+                new = next_training_set(cfg, g, workdir, real, images, labels, order, fresh_n,
+                                        featurize)
+                new[-1]['select_s'] = time.time() - t0
+                if writer:
+                    _save_train_set(nxt, *new)
+    return files.read_jsonl(metrics_path)
+
+
+def sample_pool(cfg, sampler, params, count, generation, mesh):
+    """count uint8 images from fixed-shape batches (the last one trimmed), one compiled sampler
+    for all. Batch b uses fold_in(fold_in(seed, generation), b)."""
+    b = cfg.sample.batch_size
+    key = jax.random.fold_in(jax.random.key(cfg.seed + 1), generation)
+    labels = (np.arange(count) % cfg.model.num_classes).astype(np.int32) \
+        if cfg.model.num_classes else None
+    out, t0 = [], time.time()
+    for i in range(-(-count // b)):
+        rows = np.arange(i * b, (i + 1) * b) % count
+        y = labels[rows] if labels is not None else np.zeros(b, np.int32)
+        imgs = sampler(params, jax.random.fold_in(key, i), parallel.shard_batch(mesh, y))
+        out.append(np.asarray(multihost_utils.process_allgather(imgs, tiled=True)
+                              if jax.process_count() > 1 else imgs))
+        log.info('generation %d: sampled %d/%d (%.1f img/s)', generation,
+                     min((i + 1) * b, count), count, (i + 1) * b / (time.time() - t0))
+    return np.concatenate(out)[:count], labels
+
+
+def score_generation(cfg, g, d_g, pool, gd, featurize):
+    """The generation's record: D_g's entropy, S_g's GS and memorization against D_g, and more.
+    Entropy is in pixels 0-255 (nats); GS and variance are in [-1, 1] pixels."""
+    train_px, pool_px = features.pixel(d_g['images']), features.pixel(pool)
+    h_train, dup_train = scoring.knn_entropy(train_px, cfg.score.k, return_duplicates=True)
+    h_pool, dup_pool = scoring.knn_entropy(pool_px, cfg.score.k, return_duplicates=True)
+    nn_idx, nn_d = scoring.nearest_train(pool_px, train_px)
+    d = train_px.shape[1]
+    with open(os.path.join(gd, 'selection.json')) as f:
+        sel_info = json.load(f)
+    rec = dict(
+        generation=g, paradigm=cfg.loop.paradigm, selection=cfg.loop.selection,
+        feature_space=cfg.loop.feature_space, score_space='pixel',
+        units='entropy: nats, pixels in [0, 255]; gs/variance: pixels in [-1, 1]',
+        n_train=int(len(train_px)), n_pool=int(len(pool_px)),
+        train_entropy=h_train, train_duplicates=dup_train,
+        pool_entropy=h_pool, pool_duplicates=dup_pool,
+        gs_l2=float(np.mean(nn_d)) / PM1, gs_mse=float(np.mean(nn_d ** 2)) / d / PM1 ** 2,
+        memorization=scoring.memorization_fraction(pool_px, train_px, cfg.score.mem_ratio),
+        pool_variance=float(np.sum(np.var(pool_px / PM1, axis=0))),
+        train_variance=float(np.sum(np.var(train_px / PM1, axis=0))),
+        real_share=float(np.mean(d_g['source'] < 0)), how_built=sel_info,
+        sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
+                     variance=cfg.sample.variance, guidance=cfg.sample.guidance))
+    if jax.process_index() == 0:
+        report.sample_grid(os.path.join(gd, 'samples.png'), pool[:cfg.score.grid])
+        k = min(cfg.score.nn_pairs, len(pool))
+        report.nn_grid(os.path.join(gd, 'nearest.png'), pool[:k], d_g['images'][nn_idx[:k]])
+    return rec
+
+
+def next_training_set(cfg, g, workdir, real, images, labels, order, fresh_n, featurize):
+    """D_{g+1} from the paradigm's candidates and the selection rule. Returns the arguments of
+    _save_train_set: (images, labels, source ids (-1 real, i = S_i), row index, info)."""
+    n, lp = cfg.data.n, cfg.loop
+    pools = {}
+
+    def source(name):
+        if name == 'real':
+            return real['images'], real['labels']
+        if name not in pools:
+            gd = _gen_dir(workdir, int(name[1:]))
+            lab = os.path.join(gd, 'pool_labels.npy')
+            pools[name] = (np.load(os.path.join(gd, 'pool.npy')),
+                           np.load(lab) if os.path.exists(lab) else None)
+        return pools[name]
+
+    cands = selection.candidate_sources(lp.paradigm, g, n, n * lp.pool_factor, cfg.seed,
+                                        fresh_n)
+    imgs = np.concatenate([source(s)[0][rows] for s, rows in cands])
+    labs = None if cfg.model.num_classes == 0 else np.concatenate(
+        [source(s)[1][rows] for s, rows in cands])
+    src = np.concatenate([np.full(len(rows), -1 if s == 'real' else int(s[1:]), np.int16)
+                          for s, rows in cands])
+    idx = np.concatenate([rows for _, rows in cands])
+    keep_all = lp.paradigm == 'accumulate_subsample' or (
+        lp.paradigm == 'accumulate' and lp.selection == 'none')
+    want = n - fresh_n
+    tau, decay = _threshold_params(cfg)
+    seed = int(np.random.default_rng([cfg.seed, g, 99]).integers(2 ** 31))
+    info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(imgs)))
+    if not keep_all:
+        if len(imgs) < want:
+            raise ValueError(f'loop.pool_factor={lp.pool_factor}: {len(imgs)} candidates cannot '
+                             f'yield {want} images')
+        pick, extra = selection.select(lp.selection, featurize(imgs), want, seed=seed, tau=tau,
+                                       decay=decay)
+        info.update(extra)
+        imgs, src, idx = imgs[pick], src[pick], idx[pick]
+        labs = None if labs is None else labs[pick]
+    if fresh_n:
+        rows = order[n + g * fresh_n: n + (g + 1) * fresh_n]
+        imgs = np.concatenate([imgs, images[rows]])
+        src = np.concatenate([src, np.full(fresh_n, -2, np.int16)])  # -2: fresh real
+        idx = np.concatenate([idx, rows])
+        labs = None if labs is None else np.concatenate([labs, labels[rows]])
+    info.update(n=int(len(imgs)))
+    return imgs, labs, src, idx, info

@@ -1,0 +1,143 @@
+"""Exact blocked k-nearest neighbours and the measures built on them.
+
+Distances run in blocks of queries x references, so memory stays bounded at any n. Candidates come
+from ||q||^2 + ||r||^2 - 2 q.r at HIGHEST precision on mean-centred data, then their distances are
+recomputed directly as ||q - r||^2, so near-duplicates get exact distances (the expansion alone
+loses them to cancellation). Self-matches are excluded by index, never by sort position.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _pad_rows(x, multiple):
+    pad = (-x.shape[0]) % multiple
+    return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
+
+
+@partial(jax.jit, static_argnames=('k', 'exclude_self', 'block_q', 'block_r'))
+def knn(queries, refs, k: int = 1, exclude_self: bool = False, block_q: int = 512,
+        block_r: int = 2048):
+    """Exact k nearest references of each query: (squared distances [nq, k] ascending, indices).
+
+    `exclude_self` (queries is refs) drops each point's own index from its neighbours.
+    """
+    queries, refs = jnp.asarray(queries, jnp.float32), jnp.asarray(refs, jnp.float32)
+    nq, nr = queries.shape[0], refs.shape[0]
+    kc = min(k + 1, nr - int(exclude_self))  # one spare candidate guards against near-ties
+    if kc < k:
+        raise ValueError(f'k={k} needs at least {k + int(exclude_self)} reference points, got {nr}')
+    block_q, block_r = min(block_q, nq), min(block_r, nr)
+    mu = jnp.mean(refs, axis=0)
+    q, r = _pad_rows(queries - mu, block_q), _pad_rows(refs - mu, block_r)
+    rn = jnp.where(jnp.arange(r.shape[0]) < nr, jnp.sum(r * r, axis=1), jnp.inf)
+    r_blocks = r.reshape(-1, block_r, r.shape[1])
+    rn_blocks = rn.reshape(-1, block_r)
+
+    def one_query_block(args):
+        qb, q0 = args
+        qn = jnp.sum(qb * qb, axis=1)
+        qidx = q0 + jnp.arange(block_q)
+
+        def scan_refs(carry, blk):
+            best_d, best_i = carry
+            rb, rnb, r0 = blk
+            d = qn[:, None] + rnb[None] - 2.0 * jnp.matmul(qb, rb.T, precision=HIGHEST)
+            ridx = r0 + jnp.arange(block_r)
+            if exclude_self:
+                d = jnp.where(qidx[:, None] == ridx[None], jnp.inf, d)
+            d = jnp.maximum(d, 0.0)
+            nd, pos = jax.lax.top_k(-jnp.concatenate([best_d, d], 1), kc)
+            ni = jnp.take_along_axis(jnp.concatenate([best_i, jnp.broadcast_to(ridx, d.shape)], 1),
+                                     pos, 1)
+            return (-nd, ni), None
+
+        init = (jnp.full((block_q, kc), jnp.inf), jnp.zeros((block_q, kc), jnp.int32))
+        starts = jnp.arange(r_blocks.shape[0], dtype=jnp.int32) * block_r
+        (_, idx), _ = jax.lax.scan(scan_refs, init, (r_blocks, rn_blocks, starts))
+        exact = jnp.sum((qb[:, None, :] - r[idx]) ** 2, axis=-1)  # direct, no cancellation
+        order = jnp.argsort(exact, axis=1)[:, :k]
+        return jnp.take_along_axis(exact, order, 1), jnp.take_along_axis(idx, order, 1)
+
+    q_blocks = q.reshape(-1, block_q, q.shape[1])
+    q_starts = jnp.arange(q_blocks.shape[0], dtype=jnp.int32) * block_q
+    d, i = jax.lax.map(one_query_block, (q_blocks, q_starts))
+    return d.reshape(-1, k)[:nq], i.reshape(-1, k)[:nq]
+
+
+def _flat(x):
+    x = np.asarray(x)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f'expected a non-empty array [n, ...], got shape {x.shape}')
+    return x.reshape(x.shape[0], -1).astype(np.float32)
+
+
+def unique_rows(x) -> np.ndarray:
+    """Indices of the first occurrence of each distinct row, in their original order."""
+    x = np.ascontiguousarray(_flat(x))
+    _, first = np.unique(x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel(),
+                         return_index=True)
+    return np.sort(first)
+
+
+def count_duplicates(x) -> int:
+    """Rows that exactly repeat an earlier row."""
+    return int(_flat(x).shape[0] - unique_rows(x).shape[0])
+
+
+def _digamma_int(n: int) -> float:
+    return -0.5772156649015329 + float(np.sum(1.0 / np.arange(1, n, dtype=np.float64)))
+
+
+def knn_entropy(x, k: int = 1, return_duplicates: bool = False):
+    """Kozachenko-Leonenko differential entropy (nats) of the rows of x, in x's own units.
+
+    H = psi(n) - psi(k) + log c_d + (d/n) sum_i log eps_k(i), c_d = pi^(d/2) / Gamma(d/2 + 1).
+    Exact duplicates would give eps = 0 and log 0 = -inf: they are removed first (a copy adds no
+    new point to the distribution's support), and their count is returned when asked for.
+    """
+    x = _flat(x)
+    keep = unique_rows(x)
+    dup = x.shape[0] - keep.shape[0]
+    x = x[keep]
+    n, d = x.shape
+    if n <= k:
+        raise ValueError(f'knn_entropy needs more than k={k} distinct points, got {n}')
+    sq, _ = knn(x, x, k=k, exclude_self=True)
+    log_eps = 0.5 * np.log(np.asarray(sq[:, k - 1], np.float64))
+    log_cd = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+    h = _digamma_int(n) - _digamma_int(k) + log_cd + d * float(np.mean(log_eps))
+    return (h, dup) if return_duplicates else h
+
+
+def generalization_score(generated, train, metric: str = 'mse') -> float:
+    """Mean over generated samples of the distance to the nearest training sample:
+    'mse' = mean squared difference per coordinate, 'l2' = Euclidean distance."""
+    if metric not in ('mse', 'l2'):
+        raise ValueError(f"metric={metric!r}; allowed: 'mse', 'l2'")
+    g, t = _flat(generated), _flat(train)
+    sq, _ = knn(g, t, k=1)
+    sq = np.asarray(sq[:, 0], np.float64)
+    return float(np.mean(sq / g.shape[1]) if metric == 'mse' else np.mean(np.sqrt(sq)))
+
+
+def memorization_fraction(generated, train, ratio: float = 1 / 3) -> float:
+    """Share of generated samples whose nearest training image is much closer than the second
+    nearest: d1 / d2 < ratio (an exact copy, d1 = 0, always counts)."""
+    g, t = _flat(generated), _flat(train)
+    sq, _ = knn(g, t, k=2)
+    d = np.sqrt(np.asarray(sq, np.float64))
+    return float(np.mean((d[:, 0] < ratio * d[:, 1]) | (d[:, 0] == 0)))
+
+
+def nearest_train(generated, train):
+    """Index of (and L2 distance to) each generated sample's nearest training sample."""
+    sq, idx = knn(_flat(generated), _flat(train), k=1)
+    return np.asarray(idx[:, 0]), np.sqrt(np.asarray(sq[:, 0], np.float64))

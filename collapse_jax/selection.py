@@ -1,0 +1,129 @@
+"""Selection rules (which N candidates train the next generation) and paradigms (which candidates
+there are). Greedy farthest-point and the threshold-decay filter run their whole loop on device.
+
+Distances are Euclidean in the feature space handed in (pixels in [0, 255] by default), computed
+directly as sum((x - c)^2) per pick, so picks are exact and reproducible.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+SELECTIONS = ('none', 'random', 'greedy', 'threshold')
+PARADIGMS = ('replace', 'accumulate', 'accumulate_subsample', 'fresh')
+
+
+def _sqdist_to(x, c):
+    return jnp.sum((x - c[None]) ** 2, axis=1)
+
+
+@partial(jax.jit, static_argnames=('n',))
+def _greedy(x, n, first):
+    min_d = _sqdist_to(x, x[first]).at[first].set(-1.0)
+    picks = jnp.zeros((n,), jnp.int32).at[0].set(first)
+
+    def body(i, carry):
+        min_d, picks = carry
+        j = jnp.argmax(min_d).astype(jnp.int32)
+        min_d = jnp.minimum(min_d, _sqdist_to(x, x[j])).at[j].set(-1.0)
+        return min_d, picks.at[i].set(j)
+
+    return jax.lax.fori_loop(1, n, body, (min_d, picks))[1]
+
+
+def greedy_select(features, n: int, first: int = 0) -> np.ndarray:
+    """Farthest-point selection: start at `first`, then repeatedly add the candidate farthest from
+    its nearest chosen one. Returns the n indices in the order chosen (ties: lowest index)."""
+    x = jnp.asarray(np.asarray(features).reshape(len(features), -1), jnp.float32)
+    if not 1 <= n <= x.shape[0]:
+        raise ValueError(f'greedy_select: n={n}; allowed 1..{x.shape[0]}')
+    return np.asarray(_greedy(x, n, jnp.int32(first)))
+
+
+@partial(jax.jit, static_argnames=('n',))
+def _threshold(x, order, n, tau, decay):
+    m = x.shape[0]
+    state = dict(min_d=jnp.full((m,), jnp.inf), taken=jnp.zeros((m,), bool),
+                 picks=jnp.zeros((n,), jnp.int32), count=jnp.int32(0), pos=jnp.int32(0),
+                 tau=jnp.float32(tau), passes=jnp.int32(0))
+
+    def cond(s):
+        return s['count'] < n
+
+    def body(s):
+        c = order[s['pos']]
+        accept = (~s['taken'][c]) & (s['min_d'][c] > s['tau'] ** 2)
+        min_d = jnp.where(accept, jnp.minimum(s['min_d'], _sqdist_to(x, x[c])), s['min_d'])
+        s = dict(s, min_d=min_d, taken=s['taken'].at[c].set(s['taken'][c] | accept),
+                 picks=jnp.where(accept, s['picks'].at[s['count']].set(c), s['picks']),
+                 count=s['count'] + accept.astype(jnp.int32))
+        end_of_pass = s['pos'] == m - 1  # a whole pass without reaching n: lower the threshold
+        return dict(s, pos=jnp.where(end_of_pass, 0, s['pos'] + 1),
+                    tau=jnp.where(end_of_pass, s['tau'] * decay, s['tau']),
+                    passes=s['passes'] + end_of_pass.astype(jnp.int32))
+
+    s = jax.lax.while_loop(cond, body, state)
+    return s['picks'], s['tau'], s['passes']
+
+
+def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
+                     return_info: bool = False):
+    """Threshold-decay filter: visit candidates in a seeded random order and accept one when its
+    distance to every accepted one exceeds tau; after each pass that leaves fewer than n accepted,
+    tau <- decay * tau and the next pass continues (accepted points stay accepted: they are still
+    farther apart than the smaller tau). Returns the accepted indices in acceptance order."""
+    x = jnp.asarray(np.asarray(features).reshape(len(features), -1), jnp.float32)
+    if not 1 <= n <= x.shape[0]:
+        raise ValueError(f'threshold_select: n={n}; allowed 1..{x.shape[0]}')
+    if not (tau > 0 and 0 < decay < 1):
+        raise ValueError(f'threshold_select: tau={tau}, decay={decay}; need tau > 0, 0 < decay < 1')
+    order = jnp.asarray(np.random.default_rng(seed).permutation(x.shape[0]), jnp.int32)
+    picks, final_tau, passes = _threshold(x, order, n, tau, decay)
+    picks = np.asarray(picks)
+    return (picks, dict(final_tau=float(final_tau), passes=int(passes) + 1)) if return_info \
+        else picks
+
+
+def select(rule: str, features, n: int, *, seed: int, tau: float = 0.0, decay: float = 0.9):
+    """Indices of n of the candidates under `rule` (candidates are in a shuffled order)."""
+    m = len(features)
+    if rule == 'none':
+        return np.arange(n), {}
+    if rule == 'random':
+        return np.sort(np.random.default_rng(seed).choice(m, n, replace=False)), {}
+    if rule == 'greedy':
+        first = int(np.random.default_rng(seed).integers(m))
+        return greedy_select(features, n, first=first), {}
+    if rule == 'threshold':
+        return threshold_select(features, n, tau, decay, seed=seed, return_info=True)
+    raise ValueError(f'loop.selection={rule!r}; allowed: {", ".join(SELECTIONS)}')
+
+
+def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, seed: int,
+                      fresh_count: int = 0):
+    """Which rows of which sources are candidates for D_{g+1}, after generation g sampled S_g.
+
+    Sources are named 'real' (D_0) and 'S<i>' (the pool of generation i). Returns a list of
+    (source, row indices); for `fresh` the new real rows are chosen by the caller and only
+    n - fresh_count come from S_g. Rows are in a shuffled order, so 'none' takes a random subset.
+    """
+    rng = np.random.default_rng([seed, generation, 7])
+    pool = f'S{generation}'
+    if paradigm == 'replace':
+        return [(pool, rng.permutation(pool_size))]
+    if paradigm == 'fresh':
+        return [(pool, rng.permutation(pool_size))]
+    if paradigm == 'accumulate':
+        return [('real', np.arange(n))] + [(f'S{i}', np.arange(pool_size))
+                                           for i in range(generation + 1)]
+    if paradigm == 'accumulate_subsample':
+        sources = ['real'] + [f'S{i}' for i in range(generation + 1)]
+        sizes = [n if s == 'real' else pool_size for s in sources]
+        counts = np.full(len(sources), n // len(sources))
+        counts[: n - counts.sum()] += 1  # N in all, about N / (g + 2) from each source
+        return [(s, np.sort(rng.choice(size, c, replace=False)))
+                for s, size, c in zip(sources, sizes, counts)]
+    raise ValueError(f'loop.paradigm={paradigm!r}; allowed: {", ".join(PARADIGMS)}')

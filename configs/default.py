@@ -1,0 +1,76 @@
+"""Every field of a collapse_jax run, with the paper's reference values (DESIGN §2, §5).
+
+Experiment files import this and change a handful of fields. The config is locked, so a
+misspelled override (`--config.loop.selction=greedy`) is an error.
+"""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0                      # base seed: data subset, init, per-step keys, selection
+    c.distributed = False           # call jax.distributed.initialize() (TPU pod slice, multi-node)
+    # Run several (paradigm:selection) variants, each in <workdir>/<paradigm>_<selection>, and
+    # draw them on shared axes; '' runs loop.paradigm / loop.selection in <workdir> itself.
+    c.sweep = ''
+
+    c.data = d = ml_collections.ConfigDict()
+    d.source = 'cifar10'            # 'mnist5k' | 'digits' (embedded) | TFDS name | .npy | folder
+    d.split = 'train'               # TFDS split
+    d.data_dir = ''                 # TFDS data_dir ('' = TFDS default); never downloads
+    d.resolution = 32               # images are resized or padded to resolution x resolution
+    d.channels = 3                  # 1 or 3
+    d.resize = 'resize'             # 'resize' (bilinear) or 'pad' (centre zero-pad)
+    d.n = 32768                     # N: size of every generation's training set
+
+    c.model = m = ml_collections.ConfigDict()
+    m.preset = 'UNet48'             # UNet32 | UNet48 | UNet64 | UNet128 | small | tiny
+    m.layers_per_block = 2          # resnets per down level (up levels get one more)
+    m.num_classes = 0               # > 0: class-conditional with a null label for CFG
+    m.label_dropout = 0.1           # CFG: share of training labels replaced by the null label
+    m.dtype = 'float32'             # compute dtype: 'float32' or 'bfloat16' (params stay f32)
+
+    c.diffusion = f = ml_collections.ConfigDict()
+    f.num_steps = 1000              # DDPM training steps T
+    f.beta_start = 1e-4             # linear beta schedule
+    f.beta_end = 0.02
+
+    c.train = t = ml_collections.ConfigDict()
+    t.batch_size = 128              # global batch, split over all devices
+    t.epochs = 500                  # per generation; the paper scales it as 1 / N
+    t.steps = 0                     # > 0 overrides epochs with a fixed step count
+    t.lr = 1e-4                     # AdamW peak learning rate
+    t.b1 = 0.95
+    t.b2 = 0.999
+    t.eps = 1e-8
+    t.weight_decay = 1e-6
+    t.warmup_steps = 500            # linear warm-up, then cosine decay to 0
+    t.grad_clip = 1.0               # global-norm clipping
+    t.ema = False                   # keep an EMA of the weights (and sample from it)
+    t.ema_decay = 0.9999            # max EMA decay; warm-up min(decay, (1 + n) / (10 + n))
+    t.log_every = 100               # steps between progress lines (loss, images/s)
+    t.ckpt_every = 1000             # steps between preemption checkpoints
+
+    c.sample = s = ml_collections.ConfigDict()
+    s.steps = 1000                  # ancestral steps (respaced 'leading' like diffusers if < T)
+    s.batch_size = 512              # images per compiled sampler call, split over devices
+    s.clip_x0 = True                # clip the predicted x0 to [-1, 1] (diffusers' default)
+    s.variance = 'fixed_small'      # 'fixed_small' (diffusers' default) or 'fixed_large'
+    s.guidance = 1.0                # CFG scale w: eps_null + w (eps_cond - eps_null)
+
+    c.loop = l = ml_collections.ConfigDict()
+    l.generations = 8               # G: generations 0..G-1 are trained
+    l.paradigm = 'replace'          # replace | accumulate | accumulate_subsample | fresh
+    l.selection = 'none'            # none | random | greedy | threshold
+    l.pool_factor = 2               # candidate pool per generation = pool_factor x N (1, 2, 5)
+    l.fresh_fraction = 0.1          # paradigm 'fresh': share of new real images per generation
+    l.feature_space = 'pixel'       # space in which selection measures distances
+    l.tau = 0.0                     # threshold tau0; 0 = 2000 (pixels 0-255) or 60 (features)
+    l.decay = 0.0                   # threshold alpha; 0 = 0.95 (replace) or 0.80 (accumulate)
+
+    c.score = sc = ml_collections.ConfigDict()
+    sc.k = 1                        # k of the Kozachenko-Leonenko entropy
+    sc.mem_ratio = 1 / 3            # memorized if d1 / d2 < mem_ratio
+    sc.grid = 64                    # images in each sample grid
+    sc.nn_pairs = 16                # generated/nearest-training pairs in the NN grid
+    return c

@@ -1,0 +1,28 @@
+"""The README's main job: embedded MNIST on a 2-core CPU in a few minutes.
+
+Three generations of replace/none beside replace/greedy, a tiny UNet at 16x16, N = 64,
+a respaced 100-step sampler. Small enough to be a quick look, not a result.
+"""
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.sweep = 'replace:none,replace:greedy'
+    c.data.source = 'mnist5k'
+    c.data.resolution = 16
+    c.data.channels = 1
+    c.data.n = 64
+    c.model.preset = 'tiny'
+    c.model.layers_per_block = 1
+    c.train.batch_size = 32
+    c.train.steps = 600
+    c.train.warmup_steps = 50
+    c.train.lr = 2e-3
+    c.train.log_every = 100
+    c.train.ckpt_every = 200
+    c.sample.steps = 100
+    c.sample.batch_size = 128
+    c.loop.generations = 3
+    c.loop.pool_factor = 2
+    return c

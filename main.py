@@ -1,0 +1,33 @@
+"""collapse_jax entry point: python main.py --config=configs/<experiment>.py --workdir=<dir>."""
+import logging as pylogging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string('workdir', None, 'Run directory (created; a rerun resumes it).')
+config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and JAX are chatty at INFO
+    pylogging.basicConfig(format='%(asctime)s %(message)s', datefmt='%H:%M:%S', force=True)
+    pylogging.getLogger('collapse_jax').setLevel(pylogging.INFO)
+    from collapse_jax import loop, parallel  # after flag parsing: keeps --help fast
+    cfg = FLAGS.config
+    if cfg is None or not FLAGS.workdir:
+        sys.exit('error: --config and --workdir are required')
+    if cfg.distributed:
+        parallel.initialize()
+    try:
+        loop.validate(cfg) if not cfg.sweep else None
+        loop.run(cfg, FLAGS.workdir)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        logging.debug('error', exc_info=True)
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    app.run(main)
