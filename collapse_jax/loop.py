@@ -144,11 +144,28 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self.old)
 
 
+class Engine:
+    """What every generation (and every variant of a sweep) shares: the mesh, the model graph
+    and initial weights, the compiled sampler and train steps. Built once, compiled once."""
+
+    def __init__(self, cfg):
+        self.mesh = parallel.make_mesh()
+        self.graphdef, self.init_params = train_lib.build_model(cfg, cfg.data.channels)
+        shape = (cfg.data.resolution, cfg.data.resolution, cfg.data.channels)
+        self.sampler = diffusion.make_sampler(
+            self.graphdef, diffusion.linear_alphas_cumprod(
+                cfg.diffusion.num_steps, cfg.diffusion.beta_start, cfg.diffusion.beta_end),
+            shape=shape, steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
+            variance=cfg.sample.variance, guidance=cfg.sample.guidance,
+            num_classes=cfg.model.num_classes, sharding=parallel.data_sharding(self.mesh))
+        self.compiled_steps = {}
+
+
 def run(cfg, workdir):
     """Runs cfg.sweep's variants (or the one configured) under workdir. Returns {label: records}."""
     if not cfg.sweep:
         return {f'{cfg.loop.paradigm}/{cfg.loop.selection}': run_generations(cfg, workdir)}
-    runs, first = {}, None
+    runs, first, engine = {}, None, None
     for item in cfg.sweep.split(','):
         if item.count(':') != 1:
             raise ValueError(f'sweep item {item!r}; expected paradigm:selection, comma-separated')
@@ -159,7 +176,8 @@ def run(cfg, workdir):
         sub_dir = os.path.join(workdir, f'{sub.loop.paradigm}_{sub.loop.selection}')
         if first is not None:
             _share_generation_zero(first, sub_dir)
-        runs[f'{sub.loop.paradigm}/{sub.loop.selection}'] = run_generations(sub, sub_dir)
+        engine = engine or Engine(sub)  # a sweep varies only loop fields: compile once
+        runs[f'{sub.loop.paradigm}/{sub.loop.selection}'] = run_generations(sub, sub_dir, engine)
         first = first or sub_dir
     if jax.process_index() == 0:
         report.plot_curves(os.path.join(workdir, 'compare.png'), runs)
@@ -183,7 +201,7 @@ def _share_generation_zero(src_dir, dst_dir):
     os.replace(os.path.join(dst, '.tmp-pool.npy'), os.path.join(dst, 'pool.npy'))
 
 
-def run_generations(cfg, workdir):
+def run_generations(cfg, workdir, engine=None):
     validate(cfg)
     images, labels = data.load(cfg.data)
     validate(cfg, dataset_size=len(images))
@@ -197,17 +215,8 @@ def run_generations(cfg, workdir):
     real = dict(images=images[order[:n]], labels=None if labels is None else labels[order[:n]])
     fresh_n = fresh_per_generation(cfg)
 
-    mesh = parallel.make_mesh()
-    graphdef, init_params = train_lib.build_model(cfg, cfg.data.channels)
-    shape = (cfg.data.resolution, cfg.data.resolution, cfg.data.channels)
-    sampler = diffusion.make_sampler(
-        graphdef, diffusion.linear_alphas_cumprod(cfg.diffusion.num_steps, cfg.diffusion.beta_start,
-                                                  cfg.diffusion.beta_end),
-        shape=shape, steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
-        variance=cfg.sample.variance, guidance=cfg.sample.guidance,
-        num_classes=cfg.model.num_classes, sharding=parallel.data_sharding(mesh))
+    eng = engine or Engine(cfg)
     featurize = features.get(lp.feature_space)
-    compiled_steps = {}
     metrics_path = os.path.join(workdir, 'metrics.jsonl')
     writer = jax.process_index() == 0
 
@@ -225,24 +234,25 @@ def run_generations(cfg, workdir):
                 t0 = time.time()
                 state, info = train_lib.train_generation(
                     cfg, d_g['images'], d_g['labels'], generation=g,
-                    ckpt_dir=os.path.abspath(os.path.join(gd, 'ckpt')), mesh=mesh,
-                    graphdef=graphdef, init_params=init_params, should_stop=lambda: pre.flag,
-                    compiled=compiled_steps)
+                    ckpt_dir=os.path.abspath(os.path.join(gd, 'ckpt')), mesh=eng.mesh,
+                    graphdef=eng.graphdef, init_params=eng.init_params,
+                    should_stop=lambda: pre.flag, compiled=eng.compiled_steps)
                 if info['stopped']:
                     log.warning('stopped by SIGTERM in generation %d; rerun to resume', g)
                     return {}
                 times['train_s'] = time.time() - t0
                 t0 = time.time()
-                pool, pool_labels = sample_pool(cfg, sampler, state['ema'] if cfg.train.ema
-                                                else state['params'], n * lp.pool_factor, g, mesh)
+                pool, pool_labels = sample_pool(cfg, eng.sampler, state['ema'] if cfg.train.ema
+                                                else state['params'], n * lp.pool_factor, g,
+                                                eng.mesh)
                 times['sample_s'] = time.time() - t0
                 if writer:
                     if pool_labels is not None:
                         files.save_npy(os.path.join(gd, 'pool_labels.npy'), pool_labels)
                     files.save_npy(pool_path, pool)
                     files.save_json(os.path.join(gd, 'times.json'),
-                                    dict(times, final_loss=info['losses'][-1][1]
-                                         if info['losses'] else None, steps=info['steps']))
+                                    dict(times, final_loss=info['final_loss'],
+                                         steps=info['steps']))
             pool = np.load(pool_path)
             records = files.read_jsonl(metrics_path)
             if not any(r['generation'] == g for r in records):
@@ -301,6 +311,7 @@ def score_generation(cfg, g, d_g, pool, gd, featurize):
     d = train_px.shape[1]
     with open(os.path.join(gd, 'selection.json')) as f:
         sel_info = json.load(f)
+    select_s = sel_info.pop('select_s', None)
     rec = dict(
         generation=g, paradigm=cfg.loop.paradigm, selection=cfg.loop.selection,
         feature_space=cfg.loop.feature_space, score_space='pixel',
@@ -312,7 +323,7 @@ def score_generation(cfg, g, d_g, pool, gd, featurize):
         memorization=scoring.memorization_fraction(pool_px, train_px, cfg.score.mem_ratio),
         pool_variance=float(np.sum(np.var(pool_px / PM1, axis=0))),
         train_variance=float(np.sum(np.var(train_px / PM1, axis=0))),
-        real_share=float(np.mean(d_g['source'] < 0)), how_built=sel_info,
+        real_share=float(np.mean(d_g['source'] < 0)), how_built=sel_info, select_s=select_s,
         sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
                      variance=cfg.sample.variance, guidance=cfg.sample.guidance))
     if jax.process_index() == 0:

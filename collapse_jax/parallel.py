@@ -21,8 +21,11 @@ def initialize(timeout_s: int = 300):
                            'the same command and can reach the coordinator') from e
 
 
-def make_mesh():
-    return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
+def make_mesh(devices=None):
+    """A 1-D 'data' mesh over `devices` (default: every device of every host)."""
+    if devices is None:
+        return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
+    return jax.sharding.Mesh(np.asarray(devices), ('data',), axis_types=(AxisType.Auto,))
 
 
 def data_sharding(mesh):

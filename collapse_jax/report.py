@@ -28,9 +28,9 @@ def _tile(images, rows, cols, pad=1):
     return canvas
 
 
-def save_image(path, canvas, min_side=256):
+def save_image(path, canvas, min_side=192, max_side=2048):
     img = Image.fromarray(canvas.squeeze(-1) if canvas.shape[-1] == 1 else canvas)
-    scale = max(1, min_side // max(img.size))
+    scale = max(1, min(min_side // min(img.size), max_side // max(img.size)))
     img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST)
     files.atomic_write(path, lambda f: img.save(f, format='PNG'))
 

@@ -1,6 +1,6 @@
 """Training one generation's model from scratch: state, the sharded step, EMA, orbax checkpoints.
 
-The train state is a plain pytree {params, opt_state, ema, ema_count, step}; the model graph stays
+The train state is a plain pytree {params, opt_state, ema, ema_count, step, loss}; the model graph stays
 outside it, so one compiled step serves every generation. The step's key is
 fold_in(generation_key, step) and the batch order depends only on (seed, generation, step), so a
 resumed run takes exactly the steps an uninterrupted one would.
@@ -52,11 +52,13 @@ def init_state(params, tx, use_ema: bool):
     params = jax.tree.map(jnp.copy, params)  # the step donates the state; keep the caller's
     return dict(params=params, opt_state=tx.init(params),
                 ema=jax.tree.map(jnp.copy, params) if use_ema else {},
-                ema_count=jnp.zeros((), jnp.int32), step=jnp.zeros((), jnp.int32))
+                ema_count=jnp.zeros((), jnp.int32), step=jnp.zeros((), jnp.int32),
+                loss=jnp.zeros((), jnp.float32))
 
 
 def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh):
-    """step(state, images_u8, labels, gen_key) -> (state, loss); batch sharded, state replicated."""
+    """step(state, images_u8, labels, gen_key) -> (state, loss); batch sharded, state replicated.
+    The state keeps the last loss too, so a resumed run can report it."""
     loss_fn = diffusion.make_loss_fn(graphdef, alphas_cumprod, num_classes=cfg.model.num_classes,
                                      label_dropout=cfg.model.label_dropout)
     use_ema, max_decay = cfg.train.ema, cfg.train.ema_decay
@@ -72,7 +74,7 @@ def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh):
             ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
             count = count + 1
         new = dict(params=params, opt_state=opt_state, ema=ema, ema_count=count,
-                   step=state['step'] + 1)
+                   step=state['step'] + 1, loss=loss)
         return new, loss
 
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
@@ -90,6 +92,12 @@ def batch_indices(n: int, batch: int, step: int, seed: int, generation: int) -> 
         sel = pos // n == epoch
         out[sel] = perm[pos[sel] % n]
     return out
+
+
+def _saveable(state):
+    """One process: hand orbax a host copy (one slice per leaf instead of one per device, several
+    times faster for small models). Several processes: the sharded arrays, which orbax gathers."""
+    return jax.device_get(state) if jax.process_count() == 1 else state
 
 
 def checkpoint_manager(directory, keep: int = 1):
@@ -123,30 +131,36 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
     labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)
     b = cfg.train.batch_size
     losses, t0, t_log, info = [], time.time(), time.time(), dict(stopped=False)
-    loss = None
-    for step in range(start, steps):
-        idx = batch_indices(n, b, step, cfg.seed, generation)
-        state, loss = step_fn(state, parallel.shard_batch(mesh, images[idx]),
-                              parallel.shard_batch(mesh, labels[idx]), gen_key)
-        done = step + 1
-        if done % cfg.train.log_every == 0 or done == steps:
+    try:
+        for step in range(start, steps):
+            idx = batch_indices(n, b, step, cfg.seed, generation)
+            state, loss = step_fn(state, parallel.shard_batch(mesh, images[idx]),
+                                  parallel.shard_batch(mesh, labels[idx]), gen_key)
+            done, stop = step + 1, should_stop()
+            save = done % cfg.train.ckpt_every == 0 or done == steps or stop
+            if not (save or done % cfg.train.log_every == 0):
+                continue  # no host sync between progress lines
             lv = float(loss)
-            if not np.isfinite(lv):
+            if not np.isfinite(lv):  # checked before any save: the last checkpoint stays good
                 raise FloatingPointError(
-                    f'generation {generation}: non-finite loss {lv} at step {done}; the last good '
-                    f'checkpoint is in {ckpt_dir}; rerun with a lower --config.train.lr to resume')
+                    f'generation {generation}: non-finite loss {lv} at step {done}; the last '
+                    f'good checkpoint is in {ckpt_dir}; rerun with a lower --config.train.lr '
+                    'to resume from it')
             losses.append((done, lv))
-            rate = cfg.train.log_every * b / max(time.time() - t_log, 1e-9)
-            log.info('generation %d step %d/%d loss %.4f %.1f img/s', generation, done,
+            if done % cfg.train.log_every == 0 or done == steps:
+                rate = (done - (losses[-2][0] if len(losses) > 1 else start)) * b / max(
+                    time.time() - t_log, 1e-9)
+                log.info('generation %d step %d/%d loss %.4f %.1f img/s', generation, done,
                          steps, lv, rate)
-            t_log = time.time()
-        stop = should_stop()
-        if done % cfg.train.ckpt_every == 0 or done == steps or stop:
-            mngr.save(done, args=ocp.args.StandardSave(state))
-        if stop:
-            info['stopped'] = True
-            break
-    mngr.wait_until_finished()
-    mngr.close()
-    info.update(steps=steps, losses=losses, seconds=time.time() - t0)
+                t_log = time.time()
+            if save:
+                mngr.save(done, args=ocp.args.StandardSave(_saveable(state)))
+            if stop:
+                info['stopped'] = True
+                break
+    finally:  # an exception must not leave an async save half done
+        mngr.wait_until_finished()
+        mngr.close()
+    info.update(steps=steps, losses=losses, seconds=time.time() - t0,
+                final_loss=float(state['loss']))
     return state, info

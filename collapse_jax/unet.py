@@ -176,3 +176,41 @@ def make_unet(preset, *, in_channels, layers_per_block=2, num_classes=0, dtype=N
 
 def count_params(model) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _diffusers_key(path) -> str:
+    """Our parameter path -> the diffusers state-dict key."""
+    names = [str(p) for p in path]
+    rename = {'time_linear_1': 'time_embedding.linear_1', 'time_linear_2': 'time_embedding.linear_2',
+              'mid_resnets': 'mid_block.resnets', 'mid_attention': 'mid_block.attentions.0',
+              'to_out': 'to_out.0', 'sampler': ('downsamplers' if names[0] == 'down_blocks'
+                                                else 'upsamplers') + '.0.conv'}
+    leaf = 'bias' if names[-1] == 'bias' else 'weight'
+    return '.'.join([rename.get(m, m) for m in names[:-1]] + [leaf])
+
+
+def params_from_diffusers(params, state_dict):
+    """Maps a diffusers `UNet2DModel` state dict (name -> numpy array) onto our parameter pytree
+    (conv OIHW -> HWIO, linear (out, in) -> (in, out)). Every tensor must be used exactly once."""
+    used = set()
+
+    def convert(path, value):
+        names = [getattr(p, 'key', getattr(p, 'idx', p)) for p in path]
+        key = _diffusers_key(names)
+        if key not in state_dict:
+            raise KeyError(f'diffusers checkpoint has no {key}')
+        used.add(key)
+        w = jnp.asarray(state_dict[key])
+        if w.ndim == 4:
+            w = w.transpose(2, 3, 1, 0)
+        elif w.ndim == 2 and names[-1] == 'kernel':
+            w = w.T
+        if w.shape != value.shape:
+            raise ValueError(f'{key}: shape {w.shape} != ours {value.shape}')
+        return w
+
+    out = jax.tree_util.tree_map_with_path(convert, params)
+    left = set(state_dict) - used
+    if left:
+        raise ValueError(f'unused diffusers tensors: {sorted(left)[:5]}')
+    return out

@@ -1,0 +1,71 @@
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from collapse_jax import data
+
+
+def test_embedded_mnist5k_is_real_labelled_digits():
+    x, y = data.read_source('mnist5k')
+    assert x.shape == (5000, 28, 28, 1) and x.dtype == np.uint8
+    assert np.bincount(y).tolist() == [500] * 10
+    assert x.max() == 255 and 0.05 < (x > 128).mean() < 0.3  # ink on a dark background
+
+
+def test_embedded_sklearn_digits_scaled_to_255():
+    x, y = data.read_source('digits')
+    assert x.shape == (1797, 8, 8, 1) and x.max() == 255 and y.max() == 9
+
+
+def test_conform_pads_resizes_and_converts_channels():
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    padded = data.conform(x, 32, 1, 'pad')
+    assert padded.shape == (3, 32, 32, 1)
+    np.testing.assert_array_equal(padded[:, 2:30, 2:30], x)
+    assert padded[:, :2].max() == 0
+    rgb = data.conform(x, 16, 3, 'resize')
+    assert rgb.shape == (3, 16, 16, 3)
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+    gray = data.conform(np.full((2, 4, 4, 3), [255, 0, 0], np.uint8), 4, 1)
+    assert gray.shape == (2, 4, 4, 1) and int(gray[0, 0, 0, 0]) == 76  # 0.299 * 255
+    with pytest.raises(ValueError, match="data.resize=pad cannot shrink"):
+        data.conform(x, 16, 1, 'pad')
+    with pytest.raises(ValueError, match='data.channels=2; allowed: 1, 3'):
+        data.conform(x, 28, 2)
+
+
+def test_npy_and_folder_sources(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (5, 6, 6, 3), dtype=np.uint8)
+    np.save(tmp_path / 'a.npy', x)
+    np.testing.assert_array_equal(data.read_source(str(tmp_path / 'a.npy'))[0], x)
+    np.save(tmp_path / 'f.npy', x[..., 0] / 255.0)
+    np.testing.assert_array_equal(data.read_source(str(tmp_path / 'f.npy'))[0], x[..., :1])
+    np.save(tmp_path / 'bad.npy', x.astype(np.float32))  # floats beyond [0, 1]
+    with pytest.raises(ValueError, match='expected uint8 images or floats in'):
+        data.read_source(str(tmp_path / 'bad.npy'))
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(x[i]).save(folder / f'{i}.png')
+    np.testing.assert_array_equal(data.read_source(str(folder))[0], x)
+
+
+def test_tfds_source_under_mock():
+    tfds = pytest.importorskip('tensorflow_datasets')
+    with tfds.testing.mock_data(num_examples=12):
+        x, y = data.read_source('mnist', 'train')
+    assert x.shape == (12, 28, 28, 1) and x.dtype == np.uint8 and y.shape == (12,)
+
+
+def test_offline_tfds_name_fails_with_one_clear_line(tmp_path):
+    with pytest.raises(ValueError) as e:
+        data.read_source('cifar10', 'train', str(tmp_path))
+    msg = str(e.value)
+    assert "data.source='cifar10'" in msg and "'mnist5k'" in msg and '\n' not in msg
+
+
+def test_missing_file_is_a_clear_error():
+    with pytest.raises(ValueError, match='no such file'):
+        data.read_source('/nonexistent/x.npy')

@@ -1,0 +1,146 @@
+"""End to end: the loop at tiny size, its run directory, and resume after crashes."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from collapse_jax import loop, selection
+from collapse_jax import train as train_lib
+from configs import default
+
+TIMING = ('train_s', 'sample_s', 'score_s', 'select_s')
+
+
+def tiny(**loop_fields):
+    cfg = default.get_config()
+    cfg.data.source, cfg.data.resolution, cfg.data.channels, cfg.data.n = 'digits', 8, 1, 16
+    cfg.model.preset, cfg.model.layers_per_block = 'tiny', 1
+    cfg.train.update(batch_size=8, steps=6, warmup_steps=2, lr=2e-3, log_every=3, ckpt_every=3)
+    cfg.sample.update(steps=5, batch_size=16)
+    cfg.score.update(grid=16, nn_pairs=4)
+    cfg.loop.update({'generations': 2, **loop_fields})
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def engine():
+    return loop.Engine(tiny())
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_two_generations_end_to_end(tmp_path, engine):
+    cfg = tiny(paradigm='accumulate', selection='none')
+    recs = loop.run_generations(cfg, str(tmp_path), engine)
+    assert [r['generation'] for r in recs] == [0, 1]
+    r0, r1 = recs
+    assert r0['n_train'] == 16 and r0['n_pool'] == 32 and r0['real_share'] == 1.0
+    assert r1['n_train'] == 16 + 32 and r1['real_share'] == pytest.approx(16 / 48)
+    for r in recs:
+        for key in ('train_entropy', 'pool_entropy', 'gs_l2', 'gs_mse', 'pool_variance'):
+            assert np.isfinite(r[key]) and r[key] != 0, key
+        assert 0 <= r['memorization'] <= 1 and r['feature_space'] == 'pixel'
+    src = np.load(tmp_path / 'gen_001' / 'train_source.npy')
+    assert sorted(np.unique(src).tolist()) == [-1, 0]
+    pool = np.load(tmp_path / 'gen_000' / 'pool.npy')
+    assert pool.shape == (32, 8, 8, 1) and pool.dtype == np.uint8
+    # what gen 1 trains on is exactly the stored uint8 pool rows it names
+    imgs, idx = np.load(tmp_path / 'gen_001' / 'train_images.npy'), np.load(
+        tmp_path / 'gen_001' / 'train_index.npy')
+    np.testing.assert_array_equal(imgs[src == 0], pool[idx[src == 0]])
+    for f in ('curves.png', 'config.json', 'gen_000/samples.png', 'gen_001/nearest.png'):
+        assert os.path.getsize(tmp_path / f) > 0, f
+
+
+def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
+    cfg = tiny(generations=2)
+    cfg.sweep = 'replace:greedy,replace:threshold'
+    trained = []
+    real_train = train_lib.train_generation
+    monkeypatch.setattr(train_lib, 'train_generation',
+                        lambda *a, **k: trained.append(k['generation']) or real_train(*a, **k))
+    runs = loop.run(cfg, str(tmp_path))
+    assert trained == [0, 1, 1]  # generation 0 is trained once for both variants
+    g, t = runs['replace/greedy'], runs['replace/threshold']
+    assert g[0]['train_entropy'] == t[0]['train_entropy'] and g[0]['gs_l2'] == t[0]['gs_l2']
+    assert g[1]['how_built']['rule'] == 'greedy' and 'final_tau' in t[1]['how_built']
+    assert os.path.getsize(tmp_path / 'compare.png') > 0
+    # greedy keeps the farthest-apart half of the pool: D_1 is more spread than random halves
+    pool = np.load(tmp_path / 'replace_greedy' / 'gen_000' / 'pool.npy').reshape(32, -1) * 1.0
+    d1 = np.load(tmp_path / 'replace_greedy' / 'gen_001' / 'train_images.npy').reshape(16, -1)
+    from collapse_jax import knn_entropy
+    rand = np.mean([knn_entropy(pool[np.random.default_rng(s).choice(32, 16, replace=False)])
+                    for s in range(5)])
+    assert knn_entropy(d1 * 1.0) > rand
+
+
+def crash_once(monkeypatch, owner, name, when=lambda *a, **k: True):
+    real, state = getattr(owner, name), {'done': False}
+
+    def wrapper(*a, **k):
+        if not state['done'] and when(*a, **k):
+            state['done'] = True
+            raise KeyboardInterrupt(f'injected crash in {name}')
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(engine, tmp_path_factory):
+    cfg = tiny(paradigm='replace', selection='threshold', generations=2)
+    return cfg, strip(loop.run_generations(cfg, str(tmp_path_factory.mktemp('clean')), engine))
+
+
+@pytest.mark.parametrize('where', ['train', 'sample', 'score', 'select', 'metrics_write'])
+def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, engine, where,
+                                                         uninterrupted):
+    cfg, want = uninterrupted
+    with monkeypatch.context() as m:
+        if where == 'train':  # generation 1, step 5: after the step-3 checkpoint
+            crash_once(m, train_lib, 'batch_indices', lambda n, b, step, seed, g: (g, step) == (1, 5))
+        elif where == 'sample':
+            crash_once(m, loop, 'sample_pool', lambda *a: a[4] == 1)
+        elif where == 'score':
+            crash_once(m, loop, 'score_generation', lambda cfg, g, *a: g == 1)
+        elif where == 'select':
+            crash_once(m, selection, 'select')
+        else:
+            crash_once(m, loop.files, 'save_jsonl')
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_generations(cfg, str(tmp_path / 'run'), engine)
+    got = strip(loop.run_generations(cfg, str(tmp_path / 'run'), engine))
+    assert got == want
+    lines = (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()
+    assert [json.loads(x)['generation'] for x in lines] == [0, 1]  # no duplicates
+
+
+def test_validation_names_the_field():
+    for field, value, match in [('paradigm', 'recycle', 'loop.paradigm'),
+                                ('selection', 'best', 'loop.selection'),
+                                ('pool_factor', 3, 'loop.pool_factor=3; allowed: 1, 2, 5')]:
+        cfg = tiny()
+        cfg.loop[field] = value
+        with pytest.raises(ValueError, match=match):
+            loop.validate(cfg)
+    cfg = tiny()
+    cfg.data.resolution = 6
+    with pytest.raises(ValueError, match='data.resolution=6'):
+        loop.validate(cfg)
+    cfg = tiny()
+    cfg.train.batch_size = 6
+    with pytest.raises(ValueError, match='divisible by the device count'):
+        loop.validate(cfg)
+    cfg = tiny()
+    cfg.data.n = 5000
+    with pytest.raises(ValueError, match='exceeds the 1797 images'):
+        loop.validate(cfg, dataset_size=1797)
+
+
+def test_workdir_with_another_config_is_refused(tmp_path, engine):
+    loop.run_generations(tiny(generations=1), str(tmp_path), engine)
+    with pytest.raises(ValueError, match='loop.selection'):
+        loop.run_generations(tiny(generations=1, selection='greedy'), str(tmp_path), engine)

@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pytest
+
+from collapse_jax import scoring
+
+
+def brute_knn(q, r, k, exclude_self=False):
+    d = ((q[:, None, :].astype(np.float64) - r[None].astype(np.float64)) ** 2).sum(-1)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    idx = np.argsort(d, axis=1, kind='stable')[:, :k]
+    return np.take_along_axis(d, idx, 1), idx
+
+
+@pytest.mark.parametrize('k,exclude', [(1, False), (3, False), (1, True), (2, True)])
+def test_knn_matches_brute_force(k, exclude):
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(103, 7)).astype(np.float32)
+    q = r if exclude else rng.normal(size=(37, 7)).astype(np.float32)
+    d, i = scoring.knn(q, r, k=k, exclude_self=exclude, block_q=16, block_r=32)  # ragged blocks
+    bd, bi = brute_knn(q, r, k, exclude)
+    np.testing.assert_array_equal(np.asarray(i), bi)
+    np.testing.assert_allclose(np.asarray(d), bd, rtol=1e-5, atol=1e-5)
+
+
+def test_near_duplicates_get_exact_distances():
+    # pixel-scale data where ||a||^2 + ||b||^2 - 2ab alone would lose a 0.5 offset entirely
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, size=(50, 3072)).astype(np.float32)
+    q = base.copy()
+    q[:, 0] += 0.5
+    d, i = scoring.knn(q, base, k=1)
+    np.testing.assert_array_equal(np.asarray(i[:, 0]), np.arange(50))
+    np.testing.assert_allclose(np.asarray(d[:, 0]), 0.25, rtol=1e-6)
+
+
+def gaussian_entropy(d, sigma):
+    return 0.5 * d * math.log(2 * math.pi * math.e * sigma ** 2)
+
+
+@pytest.mark.parametrize('d,sigma', [(1, 1.0), (3, 2.0), (8, 0.5)])
+def test_entropy_of_gaussian_matches_closed_form(d, sigma):
+    x = np.random.default_rng(d).normal(scale=sigma, size=(6000, d))
+    h = scoring.knn_entropy(x)
+    assert abs(h - gaussian_entropy(d, sigma)) < 0.06 * d, (h, gaussian_entropy(d, sigma))
+
+
+def test_entropy_of_uniform_cube():
+    x = np.random.default_rng(0).uniform(0, 4.0, size=(6000, 2))
+    assert abs(scoring.knn_entropy(x, k=3) - 2 * math.log(4.0)) < 0.05
+
+
+def test_entropy_removes_and_counts_duplicates():
+    x = np.random.default_rng(0).normal(size=(500, 4))
+    with_dups = np.concatenate([x, x[:20], x[:5]])
+    h, dup = scoring.knn_entropy(with_dups, return_duplicates=True)
+    assert dup == 25 == scoring.count_duplicates(with_dups)
+    assert np.isfinite(h) and h == pytest.approx(scoring.knn_entropy(x), abs=1e-9)
+
+
+def test_gs_and_memorization_against_brute_force():
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(60, 10)).astype(np.float32)
+    gen = rng.normal(size=(40, 10)).astype(np.float32)
+    gen[:10] = train[:10] + 1e-3 * rng.normal(size=(10, 10))  # near-copies
+    gen[10] = train[11]  # an exact copy
+    d, _ = brute_knn(gen, train, 2)
+    assert scoring.generalization_score(gen, train, 'mse') == pytest.approx(
+        np.mean(d[:, 0] / 10), rel=1e-5)
+    assert scoring.generalization_score(gen, train, 'l2') == pytest.approx(
+        np.mean(np.sqrt(d[:, 0])), rel=1e-5)
+    ratio = np.sqrt(d[:, 0]) / np.sqrt(d[:, 1])
+    expected = np.mean(ratio < 1 / 3)
+    assert expected >= 11 / 40
+    assert scoring.memorization_fraction(gen, train) == pytest.approx(expected)
+
+
+def test_bad_metric_is_rejected():
+    with pytest.raises(ValueError, match="'mse', 'l2'"):
+        scoring.generalization_score(np.zeros((2, 2)), np.ones((2, 2)), metric='cos')

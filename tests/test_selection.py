@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from collapse_jax import selection
+from collapse_jax import greedy_select, threshold_select
+
+
+def naive_greedy(x, n, first):
+    x = x.astype(np.float64)
+    picks = [first]
+    min_d = ((x - x[first]) ** 2).sum(1)
+    for _ in range(n - 1):
+        min_d[picks] = -1
+        j = int(np.argmax(min_d))
+        picks.append(j)
+        min_d = np.minimum(min_d, ((x - x[j]) ** 2).sum(1))
+    return np.array(picks)
+
+
+def test_greedy_matches_naive_farthest_point():
+    x = np.random.default_rng(0).integers(0, 256, size=(300, 48)).astype(np.float32)
+    np.testing.assert_array_equal(greedy_select(x, 120, first=7), naive_greedy(x, 120, 7))
+
+
+def naive_threshold(x, n, tau, decay, order):
+    x = x.astype(np.float64)
+    acc = []
+    while True:
+        for c in order:
+            if c in acc:
+                continue
+            if all(np.sqrt(((x[c] - x[a]) ** 2).sum()) > tau for a in acc):
+                acc.append(c)
+                if len(acc) == n:
+                    return np.array(acc), tau
+        tau *= decay
+
+
+def test_threshold_decay_matches_naive_rule():
+    x = np.random.default_rng(1).normal(size=(200, 5)).astype(np.float32)
+    picks, info = threshold_select(x, 150, tau=3.0, decay=0.8, seed=3, return_info=True)
+    order = np.random.default_rng(3).permutation(200)
+    ref, ref_tau = naive_threshold(x, 150, 3.0, 0.8, order)
+    np.testing.assert_array_equal(picks, ref)
+    assert info['passes'] > 1 and info['final_tau'] == pytest.approx(ref_tau, rel=1e-5)
+    d = np.sqrt(((x[picks][:, None] - x[picks][None]) ** 2).sum(-1)) + np.eye(150) * 1e9
+    assert d.min() > info['final_tau'] and len(set(picks)) == 150
+
+
+def test_greedy_raises_entropy_over_random():
+    from collapse_jax import knn_entropy
+    x = np.random.default_rng(2).normal(size=(400, 3))
+    x[:200] *= 0.05  # a dense clump: greedy must avoid it
+    g = knn_entropy(x[greedy_select(x, 100)])
+    r = knn_entropy(x[np.random.default_rng(0).choice(400, 100, replace=False)])
+    assert g > r + 1.0
+
+
+@pytest.mark.parametrize('paradigm,g,expected', [
+    ('replace', 0, {'S0': 40}),
+    ('replace', 2, {'S2': 40}),
+    ('fresh', 1, {'S1': 40}),
+    ('accumulate', 0, {'real': 20, 'S0': 40}),
+    ('accumulate', 2, {'real': 20, 'S0': 40, 'S1': 40, 'S2': 40}),
+    ('accumulate_subsample', 0, {'real': 10, 'S0': 10}),
+    ('accumulate_subsample', 1, {'real': 7, 'S0': 7, 'S1': 6}),
+])
+def test_paradigm_candidate_sets(paradigm, g, expected):
+    cands = selection.candidate_sources(paradigm, g, 20, 40, seed=0)
+    assert {s: len(rows) for s, rows in cands} == expected
+    for s, rows in cands:
+        assert len(set(rows)) == len(rows) and rows.max() < (20 if s == 'real' else 40)
+    if paradigm in ('replace', 'fresh'):
+        assert sorted(cands[0][1]) == list(range(40))  # the whole pool, shuffled
+
+
+def test_select_rules_sizes_and_errors():
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    for rule in selection.SELECTIONS:
+        idx, _ = selection.select(rule, x, 20, seed=1, tau=5.0, decay=0.9)
+        assert len(idx) == 20 == len(set(idx.tolist()))
+    np.testing.assert_array_equal(selection.select('none', x, 5, seed=0)[0], np.arange(5))
+    with pytest.raises(ValueError, match='loop.selection'):
+        selection.select('best', x, 5, seed=0)

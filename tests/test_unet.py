@@ -1,0 +1,73 @@
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from collapse_jax import unet
+
+# diffusers' UNet2DModel(block_out_channels=(48, 48, 96, 96, 192, 192), layers_per_block=2,
+# norm_num_groups=16, attention at the fifth down / second up level, 3 channels) has 16,012,419
+# parameters (counted with diffusers 0.42.1; the diffusers test below recounts when it is installed).
+UNET48_DIFFUSERS_PARAMS = 16_012_419
+
+
+def test_unet48_parameter_count_matches_diffusers():
+    model = nnx.eval_shape(lambda: unet.make_unet('UNet48', in_channels=3))
+    assert unet.count_params(model) == UNET48_DIFFUSERS_PARAMS
+
+
+def test_forward_shapes_and_class_conditioning():
+    model = unet.make_unet('tiny', in_channels=1, layers_per_block=1, num_classes=10)
+    x = jnp.ones((2, 8, 8, 1))
+    t = jnp.array([3, 900])
+    a = model(x, t, jnp.array([1, 2]))
+    b = model(x, t, jnp.array([1, 5]))
+    null = model(x, t)  # no labels -> the null label
+    assert a.shape == x.shape and a.dtype == jnp.float32
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)  # same label, same output
+    assert float(jnp.abs(a[1] - b[1]).max()) > 1e-4  # the label changes the output
+    np.testing.assert_allclose(null, model(x, t, jnp.array([10, 10])), atol=1e-6)
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match='allowed: UNet32'):
+        unet.make_unet('UNet99', in_channels=3)
+
+
+def _diffusers_unet(widths, attention, groups, layers, channels, num_class_embeds=None):
+    diffusers = pytest.importorskip('diffusers')
+    down = tuple('AttnDownBlock2D' if a else 'DownBlock2D' for a in attention)
+    up = tuple('AttnUpBlock2D' if a else 'UpBlock2D' for a in attention[::-1])
+    return diffusers.UNet2DModel(in_channels=channels, out_channels=channels,
+                                 layers_per_block=layers, block_out_channels=widths,
+                                 norm_num_groups=groups, down_block_types=down,
+                                 up_block_types=up, num_class_embeds=num_class_embeds)
+
+
+def test_matches_diffusers_forward_with_ported_weights():
+    """Builds diffusers' UNet2DModel (skipped where diffusers is not installed), ports its
+    weights and compares the outputs."""
+    torch = pytest.importorskip('torch')
+    p = unet.PRESETS['small']
+    ref = _diffusers_unet(p['widths'], p['attention'], p['groups'], 2, 3,
+                          num_class_embeds=11).eval()
+    ours = unet.make_unet('small', in_channels=3, num_classes=10)
+    assert unet.count_params(ours) == sum(v.numel() for v in ref.parameters())
+    graphdef, state = nnx.split(ours)
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    params = unet.params_from_diffusers(nnx.to_pure_dict(state), sd)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    t, y = np.array([10, 700]), np.array([3, 10])
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t),
+                   class_labels=torch.from_numpy(y)).sample.numpy().transpose(0, 2, 3, 1)
+    got = nnx.merge(graphdef, params)(jnp.asarray(x), jnp.asarray(t), jnp.asarray(y))
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-4, rtol=1e-3)
+
+
+def test_unet48_count_recounted_in_diffusers():
+    pytest.importorskip('torch')
+    p = unet.PRESETS['UNet48']
+    ref = _diffusers_unet(p['widths'], p['attention'], p['groups'], 2, 3)
+    assert sum(v.numel() for v in ref.parameters()) == UNET48_DIFFUSERS_PARAMS
