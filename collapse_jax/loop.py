@@ -193,7 +193,7 @@ def _share_generation_zero(src_dir, dst_dir):
         return
     os.makedirs(dst, exist_ok=True)
     for name in sorted(os.listdir(src)):
-        if name.startswith(('train_', 'pool', 'selection.json')):
+        if name.startswith(('train_', 'pool', 'selection.json', 'times.json')):
             shutil.copyfile(os.path.join(src, name), os.path.join(dst, '.tmp-' + name))
     for name in sorted(os.listdir(dst)):  # rename pool.npy last: it marks the phase done
         if name.startswith('.tmp-') and name != '.tmp-pool.npy':

@@ -1,7 +1,7 @@
 """The README's main job: embedded MNIST on a 2-core CPU in a few minutes.
 
 Three generations of replace/none beside replace/greedy, a tiny UNet at 16x16, N = 64,
-a respaced 100-step sampler. Small enough to be a quick look, not a result.
+a respaced 50-step sampler. Small enough to be a quick look, not a result.
 """
 from configs import default
 
@@ -16,12 +16,12 @@ def get_config():
     c.model.preset = 'tiny'
     c.model.layers_per_block = 1
     c.train.batch_size = 32
-    c.train.steps = 600
+    c.train.steps = 400
     c.train.warmup_steps = 50
     c.train.lr = 2e-3
     c.train.log_every = 100
     c.train.ckpt_every = 200
-    c.sample.steps = 100
+    c.sample.steps = 50
     c.sample.batch_size = 128
     c.loop.generations = 3
     c.loop.pool_factor = 2

@@ -57,16 +57,22 @@ def test_two_generations_end_to_end(tmp_path, engine):
 
 def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
     cfg = tiny(generations=2)
-    cfg.sweep = 'replace:greedy,replace:threshold'
+    cfg.sweep = 'replace:greedy,fresh:random'
     trained = []
     real_train = train_lib.train_generation
     monkeypatch.setattr(train_lib, 'train_generation',
                         lambda *a, **k: trained.append(k['generation']) or real_train(*a, **k))
     runs = loop.run(cfg, str(tmp_path))
     assert trained == [0, 1, 1]  # generation 0 is trained once for both variants
-    g, t = runs['replace/greedy'], runs['replace/threshold']
-    assert g[0]['train_entropy'] == t[0]['train_entropy'] and g[0]['gs_l2'] == t[0]['gs_l2']
-    assert g[1]['how_built']['rule'] == 'greedy' and 'final_tau' in t[1]['how_built']
+    g, f = runs['replace/greedy'], runs['fresh/random']
+    assert g[0]['train_entropy'] == f[0]['train_entropy'] and g[0]['gs_l2'] == f[0]['gs_l2']
+    assert g[1]['how_built']['rule'] == 'greedy' and f[1]['how_built']['rule'] == 'random'
+    # fresh: round(0.1 * 16) = 2 new real images, never used before, beside 14 pool images
+    src = np.load(tmp_path / 'fresh_random' / 'gen_001' / 'train_source.npy')
+    idx = np.load(tmp_path / 'fresh_random' / 'gen_001' / 'train_index.npy')
+    d0 = np.load(tmp_path / 'fresh_random' / 'gen_000' / 'train_index.npy')
+    assert (src == -2).sum() == 2 and (src == 0).sum() == 14 and f[1]['real_share'] == 2 / 16
+    assert not set(idx[src == -2]) & set(d0)
     assert os.path.getsize(tmp_path / 'compare.png') > 0
     # greedy keeps the farthest-apart half of the pool: D_1 is more spread than random halves
     pool = np.load(tmp_path / 'replace_greedy' / 'gen_000' / 'pool.npy').reshape(32, -1) * 1.0
