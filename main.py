@@ -22,7 +22,6 @@ def main(argv):
     if cfg.distributed:
         parallel.initialize()
     try:
-        loop.validate(cfg) if not cfg.sweep else None
         loop.run(cfg, FLAGS.workdir)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         logging.debug('error', exc_info=True)

@@ -84,6 +84,12 @@ def _threshold_params(cfg):
     return tau, decay
 
 
+def _barrier(name):
+    """Multi-host: the other processes wait until process 0 has written what they read next."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def _gen_dir(workdir, g):
     return os.path.join(workdir, f'gen_{g:03d}')
 
@@ -106,19 +112,26 @@ def _save_train_set(d, images, labels, source, index, info):
     files.save_npy(os.path.join(d, 'train_images.npy'), images)
 
 
+def _flatten(d, prefix=''):
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+# fields a resumed run may change: extending the run, logging more or less often
+RESUMABLE_CHANGES = ('loop.generations', 'train.log_every')
+
+
 def _check_workdir_config(workdir, cfg_json):
     path = os.path.join(workdir, 'config.json')
     if os.path.exists(path):
         with open(path) as f:
-            old = json.load(f)
-        new = json.loads(cfg_json)
-        for c in (old, new):  # extending a run, or logging more often, is allowed
-            c['loop'].pop('generations', None)
-            c['train'].pop('log_every', None)
-        if old != new:
-            diff = [f'{s}.{k}' for s in new for k in (new[s] if isinstance(new[s], dict) else [''])
-                    if (old.get(s, {}).get(k) if k else old.get(s)) !=
-                    (new[s][k] if k else new[s])]
+            old = _flatten(json.load(f))
+        new = _flatten(json.loads(cfg_json))
+        diff = sorted(k for k in old.keys() | new.keys()
+                      if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        if diff:
             raise ValueError(f'workdir {workdir} holds a run with a different config '
                              f'({", ".join(diff)}); resume with the same config, or use a new '
                              '--workdir (delete its config.json to force)')
@@ -161,25 +174,37 @@ class Engine:
         self.compiled_steps = {}
 
 
-def run(cfg, workdir):
-    """Runs cfg.sweep's variants (or the one configured) under workdir. Returns {label: records}."""
+def sweep_configs(cfg, workdir):
+    """[(label, config, workdir)] for cfg.sweep's variants (or the one configured), all validated
+    before any of them starts."""
     if not cfg.sweep:
-        return {f'{cfg.loop.paradigm}/{cfg.loop.selection}': run_generations(cfg, workdir)}
-    runs, first, engine = {}, None, None
+        validate(cfg)
+        return [(f'{cfg.loop.paradigm}/{cfg.loop.selection}', cfg, workdir)]
+    out = []
     for item in cfg.sweep.split(','):
         if item.count(':') != 1:
-            raise ValueError(f'sweep item {item!r}; expected paradigm:selection, comma-separated')
+            raise ValueError(f'sweep={cfg.sweep!r}: item {item!r} is not paradigm:selection')
         sub = cfg.copy_and_resolve_references()
-        sub.loop.paradigm, sub.loop.selection = item.strip().split(':')
+        sub.loop.paradigm, sub.loop.selection = (x.strip() for x in item.split(':'))
         sub.sweep = ''
         validate(sub)
-        sub_dir = os.path.join(workdir, f'{sub.loop.paradigm}_{sub.loop.selection}')
-        if first is not None:
-            _share_generation_zero(first, sub_dir)
-        engine = engine or Engine(sub)  # a sweep varies only loop fields: compile once
-        runs[f'{sub.loop.paradigm}/{sub.loop.selection}'] = run_generations(sub, sub_dir, engine)
-        first = first or sub_dir
-    if jax.process_index() == 0:
+        out.append((f'{sub.loop.paradigm}/{sub.loop.selection}', sub,
+                    os.path.join(workdir, f'{sub.loop.paradigm}_{sub.loop.selection}')))
+    return out
+
+
+def run(cfg, workdir):
+    """Runs cfg.sweep's variants (or the one configured) under workdir. Returns {label: records}.
+    A sweep varies only loop fields, so its variants share one Engine (one compilation) and
+    the generation-0 pool."""
+    variants = sweep_configs(cfg, workdir)
+    engine, runs = Engine(variants[0][1]), {}
+    for i, (label, sub, sub_dir) in enumerate(variants):
+        if i and jax.process_index() == 0:
+            _share_generation_zero(variants[0][2], sub_dir)
+        _barrier(f'share {sub_dir}')
+        runs[label] = run_generations(sub, sub_dir, engine)
+    if cfg.sweep and jax.process_index() == 0:
         report.plot_curves(os.path.join(workdir, 'compare.png'), runs)
     return runs
 
@@ -224,6 +249,7 @@ def run_generations(cfg, workdir, engine=None):
     if writer and not os.path.exists(os.path.join(g0, 'train_images.npy')):
         _save_train_set(g0, real['images'], real['labels'], np.full(n, -1, np.int16),
                         order[:n], dict(rule='real', n=n))
+    _barrier('generation 0 training set')
     with _Preemption() as pre:
         for g in range(lp.generations):
             gd = _gen_dir(workdir, g)
@@ -246,13 +272,14 @@ def run_generations(cfg, workdir, engine=None):
                                                 else state['params'], n * lp.pool_factor, g,
                                                 eng.mesh)
                 times['sample_s'] = time.time() - t0
-                if writer:
-                    if pool_labels is not None:
-                        files.save_npy(os.path.join(gd, 'pool_labels.npy'), pool_labels)
-                    files.save_npy(pool_path, pool)
+                if writer:  # pool.npy goes last: it marks the phase done
                     files.save_json(os.path.join(gd, 'times.json'),
                                     dict(times, final_loss=info['final_loss'],
                                          steps=info['steps']))
+                    if pool_labels is not None:
+                        files.save_npy(os.path.join(gd, 'pool_labels.npy'), pool_labels)
+                    files.save_npy(pool_path, pool)
+                _barrier(f'pool {g}')
             pool = np.load(pool_path)
             records = files.read_jsonl(metrics_path)
             if not any(r['generation'] == g for r in records):
@@ -279,6 +306,7 @@ def run_generations(cfg, workdir, engine=None):
                 new[-1]['select_s'] = time.time() - t0
                 if writer:
                     _save_train_set(nxt, *new)
+                _barrier(f'training set {g + 1}')
     return files.read_jsonl(metrics_path)
 
 

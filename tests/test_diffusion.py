@@ -94,3 +94,28 @@ def test_bad_sampler_settings_are_rejected():
         diffusion.sampler_coefficients(acp, 0)
     with pytest.raises(ValueError, match='sample.variance'):
         diffusion.sampler_coefficients(acp, 10, 'learned')
+
+
+class ConditionalOracle(GaussianOracle):
+    """Exact eps for data N(mu_y, s^2): class means mu[0..C-1], the null label's mean mu[C]."""
+
+    def __call__(self, x, t, y=None):
+        a = self.acp[t][:, None, None, None]
+        m = self.mu[y][:, None, None, None]
+        return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * m) / (a * self.s ** 2 + 1 - a)
+
+
+@pytest.mark.parametrize('guidance', [1.0, 2.0])
+def test_classifier_free_guidance_extrapolates_the_class_mean(guidance):
+    # eps is affine in the mean with shared coefficients, so guidance w samples the Gaussian with
+    # mean mu_null + w (mu_class - mu_null): the closed form this test checks.
+    acp = diffusion.linear_alphas_cumprod()
+    mu = np.array([0.3, -0.2, 0.0])  # classes 0, 1; null label 2
+    graphdef, params = nnx.split(ConditionalOracle(mu, 0.2, acp))
+    sample = diffusion.make_sampler(graphdef, acp, shape=(2, 2, 1), steps=100, clip_x0=False,
+                                    guidance=guidance, num_classes=2)
+    labels = jnp.arange(1024) % 2
+    x = np.asarray(sample(params, jax.random.key(1), labels)).astype(np.float64) / 127.5 - 1
+    for c in (0, 1):
+        want = mu[2] + guidance * (mu[c] - mu[2])
+        assert abs(x[c::2].mean() - want) < 0.01, (c, x[c::2].mean(), want)
