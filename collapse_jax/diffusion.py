@@ -71,7 +71,9 @@ def sampler_coefficients(alphas_cumprod, steps, variance='fixed_small'):
 
 def make_sampler(graphdef, alphas_cumprod, *, shape, steps=1000, clip_x0=True,
                  variance='fixed_small', guidance=1.0, num_classes=0, sharding=None):
-    """Returns sample(params, key, labels) -> uint8 images [batch, *shape], one compiled program.
+    """Returns sample(params, key, labels) -> (uint8 images [batch, *shape], finite [batch]), one
+    compiled program. `finite` is False for an image whose chain produced NaN or inf (its uint8
+    form would be meaningless), so callers never score or select it silently.
 
     `guidance` w mixes eps = eps_null + w (eps_cond - eps_null) for class-conditional models
     (w = 1 is plain conditional sampling). `sharding` splits the batch over devices.
@@ -105,6 +107,7 @@ def make_sampler(graphdef, alphas_cumprod, *, shape, steps=1000, clip_x0=True,
             z = jax.random.normal(jax.random.fold_in(key, i), x.shape)
             return constrain(c['c_x0'][i] * x0 + c['c_xt'][i] * x + c['std'][i] * z)
 
-        return to_uint8(jax.lax.fori_loop(0, steps, body, x))
+        x = jax.lax.fori_loop(0, steps, body, x)
+        return to_uint8(x), jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
 
     return jax.jit(sample)

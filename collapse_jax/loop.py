@@ -321,9 +321,15 @@ def sample_pool(cfg, sampler, params, count, generation, mesh):
     for i in range(-(-count // b)):
         rows = np.arange(i * b, (i + 1) * b) % count
         y = labels[rows] if labels is not None else np.zeros(b, np.int32)
-        imgs = sampler(params, jax.random.fold_in(key, i), parallel.shard_batch(mesh, y))
-        out.append(np.asarray(multihost_utils.process_allgather(imgs, tiled=True)
-                              if jax.process_count() > 1 else imgs))
+        imgs, finite = sampler(params, jax.random.fold_in(key, i), parallel.shard_batch(mesh, y))
+        if jax.process_count() > 1:
+            imgs, finite = multihost_utils.process_allgather((imgs, finite), tiled=True)
+        if not np.all(finite):
+            raise FloatingPointError(
+                f'generation {generation}: {int(np.sum(~np.asarray(finite)))} of {b} samples in '
+                f'batch {i} are NaN/inf; they are not scored or selected. Retrain this '
+                'generation with a lower --config.train.lr (delete its ckpt/ folder)')
+        out.append(np.asarray(imgs))
         log.info('generation %d: sampled %d/%d (%.1f img/s)', generation,
                      min((i + 1) * b, count), count, (i + 1) * b / (time.time() - t0))
     return np.concatenate(out)[:count], labels

@@ -40,7 +40,9 @@ def test_sampler_with_exact_score_matches_closed_form(steps, variance):
     graphdef, params = nnx.split(GaussianOracle(mu, s, acp))
     sample = diffusion.make_sampler(graphdef, acp, shape=(4, 4, 1), steps=steps, clip_x0=False,
                                     variance=variance)
-    imgs = np.asarray(sample(params, jax.random.key(0), jnp.zeros(2048, jnp.int32)))
+    imgs, finite = sample(params, jax.random.key(0), jnp.zeros(2048, jnp.int32))
+    imgs = np.asarray(imgs)
+    assert bool(finite.all())
     x = imgs.astype(np.float64) / 127.5 - 1
     want = chain_std(acp, steps, s, variance)
     if steps == 1000:
@@ -115,7 +117,16 @@ def test_classifier_free_guidance_extrapolates_the_class_mean(guidance):
     sample = diffusion.make_sampler(graphdef, acp, shape=(2, 2, 1), steps=100, clip_x0=False,
                                     guidance=guidance, num_classes=2)
     labels = jnp.arange(1024) % 2
-    x = np.asarray(sample(params, jax.random.key(1), labels)).astype(np.float64) / 127.5 - 1
+    x = np.asarray(sample(params, jax.random.key(1), labels)[0]).astype(np.float64) / 127.5 - 1
     for c in (0, 1):
         want = mu[2] + guidance * (mu[c] - mu[2])
         assert abs(x[c::2].mean() - want) < 0.01, (c, x[c::2].mean(), want)
+
+
+def test_non_finite_chains_are_flagged():
+    acp = diffusion.linear_alphas_cumprod()
+    graphdef, params = nnx.split(GaussianOracle(0.0, 0.3, acp))
+    sample = diffusion.make_sampler(graphdef, acp, shape=(2, 2, 1), steps=10)
+    params = jax.tree.map(lambda m: m * jnp.nan, params)  # a diverged model
+    _, finite = sample(params, jax.random.key(0), jnp.zeros(4, jnp.int32))
+    assert not bool(finite.any())
