@@ -28,5 +28,16 @@ def main(argv):
         sys.exit(f'error: {e}')
 
 
+def parse_flags(argv):
+    """absl's parser, with a bad or misspelled override as one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        msg = ' '.join(str(e).replace('\\n', ' ').replace("\\'", "'").split())
+        if len(msg) > 1 and msg[0] == msg[-1] == "'":  # a KeyError's repr
+            msg = msg[1:-1]
+        sys.exit(f'error: bad flag or config override: {msg}')
+
+
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -33,9 +33,9 @@ def _tfds(name, split, data_dir):
         src = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
                                try_gcs=False)
     except Exception as e:  # noqa: BLE001 - not prepared, unknown name, offline
-        raise ValueError(f'data.source={name!r} could not be read from TFDS '
-                         f'(data_dir={data_dir or "default"}): {type(e).__name__}; '
-                         f'{OFFLINE_HINT}') from None
+        raise ValueError(f'data.source={name!r} is not a prepared TFDS dataset under '
+                         f'data.data_dir={data_dir or "(TFDS default)"} and cannot be downloaded '
+                         f'here ({type(e).__name__}); {OFFLINE_HINT}') from None
     recs = [src[i] for i in range(len(src))]
     if not recs or 'image' not in recs[0]:
         raise ValueError(f'data.source={name!r}: TFDS records have no "image" feature')

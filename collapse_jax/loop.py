@@ -55,6 +55,12 @@ def validate(cfg, dataset_size: int | None = None):
         sec, key = field.split('.')
         need(cfg[sec][key] > 0, f'{field}={cfg[sec][key]}; must be > 0')
     need(cfg.data.n >= 2, f'data.n={cfg.data.n}; must be >= 2')
+    need(cfg.train.steps > 0 or (cfg.train.steps == 0 and cfg.train.epochs > 0),
+         f'train.steps={cfg.train.steps}, train.epochs={cfg.train.epochs}; need steps > 0, or '
+         'steps = 0 and epochs > 0')
+    need(cfg.train.lr > 0, f'train.lr={cfg.train.lr}; must be > 0')
+    need(cfg.score.k >= 1, f'score.k={cfg.score.k}; must be >= 1')
+    need(cfg.model.num_classes >= 0, f'model.num_classes={cfg.model.num_classes}; must be >= 0')
     parallel.check_divisible(cfg.train.batch_size, 'train.batch_size')
     parallel.check_divisible(cfg.sample.batch_size, 'sample.batch_size')
     levels = len(train_lib.unet.PRESETS.get(cfg.model.preset, {}).get('widths', ()))
@@ -161,8 +167,8 @@ class Engine:
     """What every generation (and every variant of a sweep) shares: the mesh, the model graph
     and initial weights, the compiled sampler and train steps. Built once, compiled once."""
 
-    def __init__(self, cfg):
-        self.mesh = parallel.make_mesh()
+    def __init__(self, cfg, mesh=None):
+        self.mesh = mesh or parallel.make_mesh()
         self.graphdef, self.init_params = train_lib.build_model(cfg, cfg.data.channels)
         shape = (cfg.data.resolution, cfg.data.resolution, cfg.data.channels)
         self.sampler = diffusion.make_sampler(

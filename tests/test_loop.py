@@ -98,13 +98,14 @@ def crash_once(monkeypatch, owner, name, when=lambda *a, **k: True):
 @pytest.fixture(scope='module')
 def uninterrupted(engine, tmp_path_factory):
     cfg = tiny(paradigm='replace', selection='threshold', generations=2)
-    return cfg, strip(loop.run_generations(cfg, str(tmp_path_factory.mktemp('clean')), engine))
+    workdir = tmp_path_factory.mktemp('clean')
+    return cfg, strip(loop.run_generations(cfg, str(workdir), engine)), workdir
 
 
 @pytest.mark.parametrize('where', ['train', 'sample', 'score', 'select', 'metrics_write'])
 def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, engine, where,
                                                          uninterrupted):
-    cfg, want = uninterrupted
+    cfg, want, _ = uninterrupted
     with monkeypatch.context() as m:
         if where == 'train':  # generation 1, step 5: after the step-3 checkpoint
             crash_once(m, train_lib, 'batch_indices', lambda n, b, step, seed, g: (g, step) == (1, 5))
@@ -150,3 +151,16 @@ def test_workdir_with_another_config_is_refused(tmp_path, engine):
     loop.run_generations(tiny(generations=1), str(tmp_path), engine)
     with pytest.raises(ValueError, match='loop.selection'):
         loop.run_generations(tiny(generations=1, selection='greedy'), str(tmp_path), engine)
+
+
+def test_one_device_makes_the_same_choices_as_four(tmp_path, uninterrupted):
+    import jax
+    from collapse_jax import parallel
+    cfg, four, four_dir = uninterrupted
+    one = strip(loop.run_generations(
+        cfg, str(tmp_path), loop.Engine(cfg, parallel.make_mesh(jax.devices()[:1]))))
+    for a, b in zip(one, four):
+        assert a['final_loss'] == pytest.approx(b['final_loss'], rel=1e-5)
+        assert a['train_entropy'] == pytest.approx(b['train_entropy'], rel=1e-4)
+    np.testing.assert_array_equal(np.load(tmp_path / 'gen_001' / 'train_index.npy'),
+                                  np.load(four_dir / 'gen_001' / 'train_index.npy'))

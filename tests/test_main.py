@@ -24,5 +24,6 @@ def test_bad_selection_is_one_line_and_nothing_is_written(tmp_path):
 
 def test_misspelled_override_is_rejected(tmp_path):
     p = run_main(tmp_path, '--config.loop.selction=greedy')
-    assert p.returncode != 0 and 'selction' in p.stderr
+    assert p.returncode != 0 and 'Did you mean "selection"' in p.stderr
+    assert 'Traceback' not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / 'run')
