@@ -125,8 +125,9 @@ def _flatten(d, prefix=''):
     return out
 
 
-# fields a resumed run may change: extending the run, logging more or less often
-RESUMABLE_CHANGES = ('loop.generations', 'train.log_every')
+# fields a resumed run may change: extending the run, logging more or less often, and the
+# learning rate (the advice after a non-finite loss is to resume with a lower one)
+RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr')
 
 
 def _check_workdir_config(workdir, cfg_json):

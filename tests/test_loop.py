@@ -151,6 +151,9 @@ def test_workdir_with_another_config_is_refused(tmp_path, engine):
     loop.run_generations(tiny(generations=1), str(tmp_path), engine)
     with pytest.raises(ValueError, match='loop.selection'):
         loop.run_generations(tiny(generations=1, selection='greedy'), str(tmp_path), engine)
+    lower_lr = tiny(generations=1)
+    lower_lr.train.lr = 1e-4  # what the non-finite-loss message advises: accepted
+    assert len(loop.run_generations(lower_lr, str(tmp_path), engine)) == 1
 
 
 def test_one_device_makes_the_same_choices_as_four(tmp_path, uninterrupted):
