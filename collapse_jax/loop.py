@@ -100,10 +100,11 @@ def _gen_dir(workdir, g):
     return os.path.join(workdir, f'gen_{g:03d}')
 
 
-def _load_arrays(d, prefix):
+def _load_train_set(d):
+    """D_g as saved by _save_train_set: images, labels (or None), source ids, row index."""
     out = {}
     for key in ('images', 'labels', 'source', 'index'):
-        p = os.path.join(d, f'{prefix}_{key}.npy')
+        p = os.path.join(d, f'train_{key}.npy')
         out[key] = np.load(p) if os.path.exists(p) else None
     return out
 
@@ -260,7 +261,7 @@ def run_generations(cfg, workdir, engine=None):
     with _Preemption() as pre:
         for g in range(lp.generations):
             gd = _gen_dir(workdir, g)
-            d_g = _load_arrays(gd, 'train')
+            d_g = _load_train_set(gd)
             times = {}
             pool_path = os.path.join(gd, 'pool.npy')
             if not os.path.exists(pool_path):
@@ -390,8 +391,7 @@ def next_training_set(cfg, g, workdir, real, images, labels, order, fresh_n, fea
                            np.load(lab) if os.path.exists(lab) else None)
         return pools[name]
 
-    cands = selection.candidate_sources(lp.paradigm, g, n, n * lp.pool_factor, cfg.seed,
-                                        fresh_n)
+    cands = selection.candidate_sources(lp.paradigm, g, n, n * lp.pool_factor, cfg.seed)
     imgs = np.concatenate([source(s)[0][rows] for s, rows in cands])
     labs = None if cfg.model.num_classes == 0 else np.concatenate(
         [source(s)[1][rows] for s, rows in cands])

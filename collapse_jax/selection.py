@@ -102,19 +102,16 @@ def select(rule: str, features, n: int, *, seed: int, tau: float = 0.0, decay: f
     raise ValueError(f'loop.selection={rule!r}; allowed: {", ".join(SELECTIONS)}')
 
 
-def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, seed: int,
-                      fresh_count: int = 0):
+def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, seed: int):
     """Which rows of which sources are candidates for D_{g+1}, after generation g sampled S_g.
 
     Sources are named 'real' (D_0) and 'S<i>' (the pool of generation i). Returns a list of
-    (source, row indices); for `fresh` the new real rows are chosen by the caller and only
-    n - fresh_count come from S_g. Rows are in a shuffled order, so 'none' takes a random subset.
+    (source, row indices); for `fresh` the caller adds the new real rows. Rows are in a shuffled
+    order, so 'none' takes a random subset.
     """
     rng = np.random.default_rng([seed, generation, 7])
     pool = f'S{generation}'
-    if paradigm == 'replace':
-        return [(pool, rng.permutation(pool_size))]
-    if paradigm == 'fresh':
+    if paradigm in ('replace', 'fresh'):
         return [(pool, rng.permutation(pool_size))]
     if paradigm == 'accumulate':
         return [('real', np.arange(n))] + [(f'S{i}', np.arange(pool_size))
