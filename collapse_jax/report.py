@@ -1,7 +1,12 @@
-"""Pictures: sample grids, generated-beside-nearest-training grids, curves over generations."""
+"""Pictures and pages: sample grids, generated-beside-nearest-training grids, PCA projections,
+curves over generations, entropy against log GS, and the self-contained HTML reports."""
 from __future__ import annotations
 
+import base64
+import html
 import io
+import json
+import os
 
 import numpy as np
 import matplotlib
@@ -12,12 +17,17 @@ from PIL import Image  # noqa: E402
 
 from collapse_jax import files  # noqa: E402
 
+# (metrics key, panel title); {fd_space} / {feature_space}: the spaces the runs measured in
 CURVES = [('train_entropy', 'training-set entropy (nats, pixels 0-255)'),
-          ('gs_l2', 'GS, L2 to nearest training image (pixels in [-1, 1])'),
+          ('gs_l2', 'GS: L2 to nearest training image (pixels in [-1, 1])'),
           ('memorization', 'memorized share (d1/d2 < 1/3)'),
-          ('pool_variance', 'sample variance, trace of covariance ([-1, 1])')]
-
-
+          ('pool_variance', 'sample variance: trace of covariance ([-1, 1])'),
+          ('real_share', 'share of real images in the training set'),
+          ('fd', 'Frechet distance to held-out real ({fd_space})'),
+          ('precision', 'precision, k-NN manifold ({fd_space})'),
+          ('recall', 'recall, k-NN manifold ({fd_space})'),
+          ('train_entropy_feat', 'training-set entropy (nats, {feature_space})'),
+          ('gs_mse_feat', 'GS: MSE to nearest training image ({feature_space})')]
 def _tile(images, rows, cols, pad=1):
     n, h, w, c = images.shape
     canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
@@ -53,16 +63,192 @@ def _save_fig(path, fig):
     files.atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+def _space(runs, key='feature_space'):
+    spaces = sorted({r.get(key, 'pixel') for recs in runs.values() for r in recs})
+    return '/'.join(spaces) or 'pixel'
+
+
 def plot_curves(path, runs):
-    """runs: {label: [metric records]} -> one panel per measure, one line per run."""
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
-    for ax, (key, title) in zip(axes, CURVES):
+    """runs: {label: [metric records]} -> one panel per measure, one line per run, shared axes."""
+    cols = 5
+    fig, axes = plt.subplots(-(-len(CURVES) // cols), cols, figsize=(3.6 * cols, 6.4))
+    for ax, (key, title) in zip(axes.ravel(), CURVES):
         for label, recs in runs.items():
             pts = [(r['generation'], r[key]) for r in recs if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker='o', label=label)
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel('generation')
+                ax.plot(*zip(*pts), marker='o', ms=3, label=label)
+        ax.set_title(title.format(fd_space=_space(runs, 'fd_space'),
+                                  feature_space=_space(runs)), fontsize=7)
+        ax.set_xlabel('generation', fontsize=7)
+        ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes.ravel()[0].legend(fontsize=6)
+    fig.tight_layout()
     _save_fig(path, fig)
+
+
+def pca_axes(real):
+    """Mean and top-2 principal directions of the real images (pixels in [-1, 1])."""
+    x = real.reshape(len(real), -1).astype(np.float64) / 127.5 - 1.0
+    mu = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
+    return mu, vt[:2]
+
+
+def projection(path, real, samples, title):
+    """Samples (and the real images, grey) on the real data's top-2 principal directions."""
+    mu, axes = pca_axes(real)
+    proj = lambda im: (im.reshape(len(im), -1) / 127.5 - 1.0 - mu) @ axes.T  # noqa: E731
+    pr, ps = proj(real), proj(samples)
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.scatter(pr[:, 0], pr[:, 1], s=6, c='0.75', label='real (held out)')
+    ax.scatter(ps[:, 0], ps[:, 1], s=6, c='C3', label='generated')
+    lim = 1.3 * np.abs(pr).max()
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel('PC 1', fontsize=7)
+    ax.set_ylabel('PC 2', fontsize=7)
+    ax.set_title(title, fontsize=7)
+    ax.legend(fontsize=6)
+    _save_fig(path, fig)
+
+
+def entropy_vs_gs(records, feat=False):
+    """(entropy, log GS (MSE), Pearson r) across the records (generations, runs)."""
+    ek, gk = ('train_entropy_feat', 'gs_mse_feat') if feat else ('train_entropy', 'gs_mse')
+    pts = np.array([(r[ek], np.log(r[gk])) for r in records
+                    if r.get(ek) is not None and r.get(gk, 0) > 0], np.float64).reshape(-1, 2)
+    r = float(np.corrcoef(pts[:, 0], pts[:, 1])[0, 1]) if len(pts) > 2 else float('nan')
+    return pts, r
+
+
+def plot_entropy_vs_gs(path, runs):
+    """Training-set entropy against log GS, pixels and score space, with Pearson r."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    allrecs = [r for recs in runs.values() for r in recs]
+    out = {}
+    for ax, feat in zip(axes, (False, True)):
+        for label, recs in runs.items():
+            pts, _ = entropy_vs_gs(recs, feat)
+            if len(pts):
+                ax.scatter(pts[:, 0], pts[:, 1], s=14, label=label)
+        _, r = entropy_vs_gs(allrecs, feat)
+        out['feat' if feat else 'pixel'] = r
+        space = _space(runs) if feat else 'pixels'
+        ax.set_title(f'entropy vs log GS ({space}): Pearson r = {r:.3f}', fontsize=8)
+        ax.set_xlabel('training-set entropy (nats)', fontsize=7)
+        ax.set_ylabel('log GS (MSE)', fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    _save_fig(path, fig)
+    return out
+
+
+# ----------------------------------------------------------------------------- HTML reports
+
+TABLE = ['generation', 'train_entropy', 'gs_l2', 'gs_mse', 'memorization', 'fd', 'precision',
+         'recall', 'train_entropy_feat', 'gs_mse_feat', 'real_share', 'train_duplicates',
+         'pool_duplicates', 'final_loss', 'train_s', 'sample_s']
+
+
+def _img(path, alt):
+    """An <img> with the PNG inlined (the page must read offline, moved or mailed)."""
+    if not os.path.exists(path):
+        return ''
+    with open(path, 'rb') as f:
+        data = base64.b64encode(f.read()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f'{v:.4g}'
+    return html.escape(str(v)) if v is not None else ''
+
+
+def _table(rows, cols):
+    head = ''.join(f'<th>{html.escape(c)}</th>' for c in cols)
+    body = ''.join('<tr>' + ''.join(f'<td>{_fmt(r.get(c))}</td>' for c in cols) + '</tr>'
+                   for r in rows)
+    return f'<table><tr>{head}</tr>{body}</table>'
+
+
+_PAGE = '''<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
+body{{font:14px sans-serif;margin:24px;max-width:1400px}} img{{max-width:100%;margin:4px}}
+table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}
+pre{{background:#f6f6f6;padding:8px;font-size:11px;max-height:300px;overflow:auto}}
+.gen{{display:flex;flex-wrap:wrap;align-items:flex-start}}</style></head>
+<body data-images-loaded="0"><h1>{title}</h1>{body}
+<script>
+// lets a headless browser check that every inlined image decoded
+window.addEventListener('load', function () {{
+  var ok = Array.from(document.images).filter(function (i) {{ return i.naturalWidth > 0; }});
+  document.body.dataset.imagesLoaded = ok.length + '/' + document.images.length;
+}});
+</script></body></html>'''
+
+
+def _write_page(path, title, body):
+    page = _PAGE.format(title=html.escape(title), body=body).encode()
+    files.atomic_write(path, lambda f: f.write(page))
+
+
+def write_report(workdir):
+    """<workdir>/report.html: config, metrics table, curves, entropy vs log GS (Pearson r), and
+    per generation the sample grid, nearest-neighbour grid and PCA projection, all inlined."""
+    records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    with open(os.path.join(workdir, 'config.json')) as f:
+        cfg = json.load(f)
+    label = f"{cfg['loop']['paradigm']}/{cfg['loop']['selection']}"
+    rs = plot_entropy_vs_gs(os.path.join(workdir, 'entropy_gs.png'), {label: records})
+    last = records[-1] if records else {}
+    space, fd_space = last.get('feature_space', 'pixel'), last.get('fd_space', 'pixel')
+    body = [f'<p>{len(records)} generation(s) of {html.escape(label)}, N = {cfg["data"]["n"]} '
+            f'({html.escape(cfg["data"]["source"])}). Entropy is in nats with pixels in [0, 255]; '
+            f'GS and variance use pixels in [-1, 1]; the *_feat columns are in the '
+            f'<b>{html.escape(space)}</b> feature space (the selection\'s); FD, precision and '
+            f'recall in the <b>{html.escape(fd_space)}</b> space, against '
+            f'{html.escape(str(last.get("fd_reference", "")))}.</p>',
+            '<h2>Metrics</h2>', _table(records, TABLE),
+            '<h2>Curves</h2>', _img(os.path.join(workdir, 'curves.png'), 'curves'),
+            f'<h2>Entropy against log GS</h2><p>Pearson r: pixels {rs["pixel"]:.3f}, '
+            f'{html.escape(space)} {rs["feat"]:.3f} (the paper: 0.91, DINOv2 features, across '
+            'generations and dataset sizes).</p>',
+            _img(os.path.join(workdir, 'entropy_gs.png'), 'entropy vs log GS')]
+    for r in records:
+        gd = os.path.join(workdir, f'gen_{r["generation"]:03d}')
+        body += [f'<h2>Generation {r["generation"]}</h2><p>samples; generated (top) beside '
+                 'nearest training image (bottom); PCA projection</p><div class="gen">',
+                 _img(os.path.join(gd, 'samples.png'), f'samples {r["generation"]}'),
+                 _img(os.path.join(gd, 'nearest.png'), f'nearest {r["generation"]}'),
+                 _img(os.path.join(gd, 'projection.png'), f'projection {r["generation"]}'),
+                 '</div>']
+    body += ['<h2>Config</h2><pre>', html.escape(json.dumps(cfg, indent=1)), '</pre>']
+    path = os.path.join(workdir, 'report.html')
+    _write_page(path, f'collapse_jax report: {label}', ''.join(body))
+    return path
+
+
+def write_compare(out_dir, runs):
+    """runs: {label: workdir} -> <out_dir>/compare.png (shared axes, one line per run),
+    entropy_gs.png and compare.html with every run's last generation side by side."""
+    os.makedirs(out_dir, exist_ok=True)
+    recs = {}
+    for label, wd in runs.items():
+        path = os.path.join(wd, 'metrics.jsonl')
+        if not os.path.exists(path):
+            raise FileNotFoundError(f'{wd}: no metrics.jsonl (not a collapse_jax run directory)')
+        recs[label] = files.read_jsonl(path)
+    plot_curves(os.path.join(out_dir, 'compare.png'), recs)
+    rs = plot_entropy_vs_gs(os.path.join(out_dir, 'entropy_gs.png'), recs)
+    last = [dict(run=label, **r[-1]) for label, r in recs.items() if r]
+    body = ['<h2>Last generation of each run</h2>', _table(last, ['run'] + TABLE),
+            '<h2>Curves</h2>', _img(os.path.join(out_dir, 'compare.png'), 'compare'),
+            f'<h2>Entropy against log GS</h2><p>Pearson r across all runs and generations: '
+            f'pixels {rs["pixel"]:.3f}, features {rs["feat"]:.3f}.</p>',
+            _img(os.path.join(out_dir, 'entropy_gs.png'), 'entropy vs log GS'),
+            '<h2>Runs</h2><ul>'] + [f'<li>{html.escape(k)}: {html.escape(os.path.abspath(v))}</li>'
+                                    for k, v in runs.items()] + ['</ul>']
+    path = os.path.join(out_dir, 'compare.html')
+    _write_page(path, 'collapse_jax: runs compared', ''.join(body))
+    return path

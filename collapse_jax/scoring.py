@@ -141,3 +141,49 @@ def nearest_train(generated, train):
     """Index of (and L2 distance to) each generated sample's nearest training sample."""
     sq, idx = knn(_flat(generated), _flat(train), k=1)
     return np.asarray(idx[:, 0]), np.sqrt(np.asarray(sq[:, 0], np.float64))
+
+
+def frechet_distance(a, b) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two feature sets (rows), in float64.
+    tr (S_a S_b)^(1/2) = sum sqrt(eig(A S_b A)) with A = S_a^(1/2): symmetric eigen-decompositions
+    only, no general sqrtm and no complex parts."""
+    a, b = _flat(a).astype(np.float64), _flat(b).astype(np.float64)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f'feature sizes differ: {a.shape[1]} vs {b.shape[1]}')
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False, ddof=1), np.cov(b, rowvar=False, ddof=1)
+    s_a, s_b = np.atleast_2d(s_a), np.atleast_2d(s_b)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root_a @ s_b @ root_a
+    tr_root = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None))))
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * tr_root)
+
+
+@partial(jax.jit, static_argnames=('block_q',))
+def _in_any_ball(queries, centers, radii_sq, block_q: int = 256):
+    """For each query: is ||q - c||^2 <= r_c^2 for some center c? (HIGHEST precision, centred)."""
+    queries, centers = jnp.asarray(queries, jnp.float32), jnp.asarray(centers, jnp.float32)
+    nq = queries.shape[0]
+    block_q = min(block_q, nq)
+    mu = jnp.mean(centers, axis=0)
+    q, c = _pad_rows(queries - mu, block_q), centers - mu
+    cn = jnp.sum(c * c, axis=1)
+
+    def one(qb):
+        d = jnp.sum(qb * qb, 1)[:, None] + cn[None] - 2.0 * jnp.matmul(qb, c.T, precision=HIGHEST)
+        return jnp.any(jnp.maximum(d, 0.0) <= radii_sq[None], axis=1)
+
+    return jax.lax.map(one, q.reshape(-1, block_q, q.shape[1])).reshape(-1)[:nq]
+
+
+def precision_recall(real, generated, k: int = 3):
+    """k-NN manifold precision and recall (Kynkäänniemi et al. 2019): precision is the share of
+    generated samples inside some real sample's ball (radius = distance to its k-th nearest other
+    real sample), recall the share of real samples inside some generated sample's ball."""
+    r, g = _flat(real), _flat(generated)
+    r_rad, _ = knn(r, r, k=k, exclude_self=True)
+    g_rad, _ = knn(g, g, k=k, exclude_self=True)
+    precision = float(np.mean(np.asarray(_in_any_ball(g, r, r_rad[:, k - 1]))))
+    recall = float(np.mean(np.asarray(_in_any_ball(r, g, g_rad[:, k - 1]))))
+    return precision, recall

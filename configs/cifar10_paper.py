@@ -3,7 +3,12 @@
 UNet48 at 32x32x3, N = 32,768, 500 epochs per generation, 1000-step ancestral sampling, a pool
 of 2N per generation; replace and accumulate, each with no selection, greedy and threshold-decay
 selection, run one after another under <workdir>/<paradigm>_<selection>.
-Needs the TFDS cifar10 dataset prepared under data.data_dir (no download at run time).
+Selection, entropy and GS in DINOv2-S/14 feature space (tau0 = 60), FD as FID (Inception-v3),
+as in the paper. Needs the TFDS cifar10 dataset prepared under data.data_dir and the two weights
+files (no download at run time):
+  --config.features.dinov2=dinov2_vits14_pretrain.pth  (facebookresearch/dinov2)
+  --config.features.inception=pt_inception-2015-12-05-6726825d.pth  (pytorch-fid)
+(.pth needs torch at load time; `python -m collapse_jax.features convert` makes .safetensors.)
 """
 from configs import default
 
@@ -22,4 +27,6 @@ def get_config():
     c.sample.batch_size = 1024
     c.loop.generations = 8
     c.loop.pool_factor = 2
+    c.loop.feature_space = 'dinov2'
+    c.score.feature_space = 'inception'
     return c

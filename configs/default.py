@@ -64,7 +64,7 @@ def get_config():
     l.selection = 'none'            # none | random | greedy | threshold
     l.pool_factor = 2               # candidate pool per generation = pool_factor x N (1, 2, 5)
     l.fresh_fraction = 0.1          # paradigm 'fresh': share of new real images per generation
-    l.feature_space = 'pixel'       # space in which selection measures distances
+    l.feature_space = 'pixel'       # selection's space: pixel | digits | inception | dinov2
     l.tau = 0.0                     # threshold tau0; 0 = 2000 (pixels 0-255) or 60 (features)
     l.decay = 0.0                   # threshold alpha; 0 = 0.95 (replace) or 0.80 (accumulate)
 
@@ -73,4 +73,18 @@ def get_config():
     sc.mem_ratio = 1 / 3            # memorized if d1 / d2 < mem_ratio
     sc.grid = 64                    # images in each sample grid
     sc.nn_pairs = 16                # generated/nearest-training pairs in the NN grid
+    # Space of the Frechet distance and precision/recall ('' = loop.feature_space; 'inception'
+    # makes the FD an FID). Entropy and GS are recorded in pixels and in loop.feature_space.
+    sc.feature_space = ''
+    sc.pr_k = 3                     # k of the k-NN manifold precision/recall
+    sc.reference_n = 0              # held-out real images for FD and P/R; 0 = the pool size
+
+    # Feature-network weights, local files in the PyTorch layout (.safetensors, .npz, or .pth
+    # converted with `python -m collapse_jax.features convert`); nothing is downloaded.
+    c.features = fe = ml_collections.ConfigDict()
+    fe.digits = ''                  # digits CNN cache ('' = ~/.cache/collapse_jax/digits_cnn.npz,
+                                    # or $COLLAPSE_JAX_CACHE); trained on first use if missing
+    fe.inception = ''               # Inception-v3 FID weights (pytorch-fid's pt_inception-*.pth)
+    fe.dinov2 = ''                  # DINOv2 ViT-S/14 weights (dinov2_vits14_pretrain.pth)
+    fe.batch_size = 64              # images per compiled feature-network call
     return c

@@ -25,4 +25,5 @@ def get_config():
     c.sample.batch_size = 128
     c.loop.generations = 3
     c.loop.pool_factor = 2
+    c.score.feature_space = 'digits'  # FD and precision/recall in the digits classifier's space
     return c

@@ -32,8 +32,9 @@ def strip(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-def test_two_generations_end_to_end(tmp_path, engine):
+def test_two_generations_end_to_end(tmp_path, engine, digits_features):
     cfg = tiny(paradigm='accumulate', selection='none')
+    cfg.score.feature_space = 'digits'
     recs = loop.run_generations(cfg, str(tmp_path), engine)
     assert [r['generation'] for r in recs] == [0, 1]
     r0, r1 = recs
@@ -43,6 +44,12 @@ def test_two_generations_end_to_end(tmp_path, engine):
         for key in ('train_entropy', 'pool_entropy', 'gs_l2', 'gs_mse', 'pool_variance'):
             assert np.isfinite(r[key]) and r[key] != 0, key
         assert 0 <= r['memorization'] <= 1 and r['feature_space'] == 'pixel'
+        # FD / precision / recall in the digits space against held-out real digits
+        assert r['fd_space'] == 'digits' and r['fd'] > 0 and r['fd_n'] == 32
+        assert 0 <= r['precision'] <= 1 and 0 <= r['recall'] <= 1
+        assert r['fd_reference'] == 'held-out real, n=32'
+        assert r['feature_info']['digits']['accuracy'] >= 0.95
+        assert r['train_entropy_feat'] == pytest.approx(r['train_entropy'], rel=1e-6)  # pixel
     src = np.load(tmp_path / 'gen_001' / 'train_source.npy')
     assert sorted(np.unique(src).tolist()) == [-1, 0]
     pool = np.load(tmp_path / 'gen_000' / 'pool.npy')
@@ -51,8 +58,13 @@ def test_two_generations_end_to_end(tmp_path, engine):
     imgs, idx = np.load(tmp_path / 'gen_001' / 'train_images.npy'), np.load(
         tmp_path / 'gen_001' / 'train_index.npy')
     np.testing.assert_array_equal(imgs[src == 0], pool[idx[src == 0]])
-    for f in ('curves.png', 'config.json', 'gen_000/samples.png', 'gen_001/nearest.png'):
+    for f in ('curves.png', 'config.json', 'gen_000/samples.png', 'gen_001/nearest.png',
+              'gen_001/projection.png', 'entropy_gs.png'):
         assert os.path.getsize(tmp_path / f) > 0, f
+    page = (tmp_path / 'report.html').read_text()
+    # 3 pictures per generation + curves + entropy/GS, all inlined
+    assert page.count('src="data:image/png;base64,') == 3 * 2 + 2
+    assert 'Generation 1' in page and '<b>digits</b>' in page
 
 
 def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
@@ -74,6 +86,7 @@ def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
     assert (src == -2).sum() == 2 and (src == 0).sum() == 14 and f[1]['real_share'] == 2 / 16
     assert not set(idx[src == -2]) & set(d0)
     assert os.path.getsize(tmp_path / 'compare.png') > 0
+    assert 'replace/greedy' in (tmp_path / 'compare.html').read_text()
     # greedy keeps the farthest-apart half of the pool: D_1 is more spread than random halves
     pool = np.load(tmp_path / 'replace_greedy' / 'gen_000' / 'pool.npy').reshape(32, -1) * 1.0
     d1 = np.load(tmp_path / 'replace_greedy' / 'gen_001' / 'train_images.npy').reshape(16, -1)

@@ -1,0 +1,106 @@
+"""Measures of images from anywhere: the scoring entry (`python main.py --mode=score`) and the
+feature-space part of every generation's record. Input arrays are checked strictly, with one
+line per fault that names the argument."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from collapse_jax import features, files, scoring
+
+PM1 = 127.5  # pixels 0-255 -> [-1, 1] distances
+
+
+def load_images(path: str, name: str) -> np.ndarray:
+    """A .npy of images -> uint8 [n, h, w, c]: uint8 as is, floats in [0, 1] scaled by 255."""
+    if not path:
+        raise ValueError(f'--{name} is required: a .npy of images')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'--{name}={path!r}: no such file')
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line fault
+        raise ValueError(f'--{name}={path!r}: not a .npy array ({type(e).__name__})') from None
+    return check_images(x, name)
+
+
+def check_images(x, name: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f'--{name}: expected an array, got {type(x).__name__}')
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f'--{name}: shape {x.shape}; allowed: [n, h, w] or [n, h, w, c] with '
+                         'c = 1 or 3')
+    if x.shape[0] == 0 or x.size == 0:
+        raise ValueError(f'--{name}: empty array, shape {x.shape}')
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f'--{name}: dtype {x.dtype}; allowed: uint8 (0-255) or float in [0, 1]')
+    bad = int(np.sum(~np.isfinite(x)))
+    if bad:
+        raise ValueError(f'--{name}: {bad} NaN/inf values')
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f'--{name}: float values in [{lo:.4g}, {hi:.4g}]; allowed: [0, 1] '
+                         '(or uint8 0-255)')
+    return np.round(x.astype(np.float64) * 255).astype(np.uint8)
+
+
+def fd_measures(f_gen, f_ref, pr_k: int = 3) -> dict:
+    """Frechet distance and k-NN precision/recall of generated features against reference ones."""
+    out = dict(fd=scoring.frechet_distance(f_gen, f_ref), fd_n=int(len(f_gen)))
+    out['precision'], out['recall'] = scoring.precision_recall(f_ref, f_gen, pr_k)
+    return out
+
+
+def space_measures(f_train, f_gen, k: int = 1) -> dict:
+    """The training set's entropy and the generated set's GS (L2 and MSE) in a feature space."""
+    _, nn_d = scoring.nearest_train(f_gen, f_train)
+    return dict(train_entropy_feat=scoring.knn_entropy(f_train, k),
+                gs_l2_feat=float(np.mean(nn_d)),
+                gs_mse_feat=float(np.mean(nn_d ** 2)) / f_train.shape[1])
+
+
+def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3) -> dict:
+    """Entropy (nats, pixels 0-255) of both sets, duplicates, GS ([-1, 1] pixels) and the
+    memorized share of the generated set against the training set."""
+    t, g = features.pixel(train), features.pixel(gen)
+    h_t, dup_t = scoring.knn_entropy(t, k, return_duplicates=True)
+    h_g, dup_g = scoring.knn_entropy(g, k, return_duplicates=True)
+    _, nn_d = scoring.nearest_train(g, t)
+    return dict(train_entropy=h_t, train_duplicates=dup_t, pool_entropy=h_g, pool_duplicates=dup_g,
+                gs_l2=float(np.mean(nn_d)) / PM1,
+                gs_mse=float(np.mean(nn_d ** 2)) / t.shape[1] / PM1 ** 2,
+                memorization=scoring.memorization_fraction(g, t, mem_ratio))
+
+
+def score_files(generated, train, reference='', feature_space='pixel', weights='', out='',
+                k=1, pr_k=3):
+    """The scoring entry: reads and checks the arrays, measures, prints and writes JSON."""
+    gen, tr = load_images(generated, 'generated'), load_images(train, 'train')
+    ref = load_images(reference, 'reference') if reference else tr
+    for name, x in (('train', tr), ('reference', ref)):
+        if x.shape[1:] != gen.shape[1:]:
+            raise ValueError(f'image shapes differ: --generated {gen.shape[1:]} vs --{name} '
+                             f'{x.shape[1:]}')
+    for name, x in (('generated', gen), ('train', tr), ('reference', ref)):
+        if len(scoring.unique_rows(x)) <= max(k, pr_k):
+            raise ValueError(f'--{name}: {len(x)} images; need more than {max(k, pr_k)} distinct')
+    f = features.get(feature_space, {feature_space: weights} if weights else None)
+    rec = dict(generated=os.path.abspath(generated), train=os.path.abspath(train),
+               reference=os.path.abspath(reference) if reference else 'train (no --reference)',
+               n_generated=len(gen), n_train=len(tr), n_reference=len(ref),
+               feature_space=f.name, fd_space=f.name,
+               units=f'entropy: nats, pixels in [0, 255]; gs: pixels in [-1, 1]; *_feat, fd, '
+                     f'precision, recall: {f.name} features', feature_info=f.info)
+    rec.update(pixel_measures(tr, gen, k))
+    f_gen = f(gen)
+    rec.update(fd_measures(f_gen, f(ref), pr_k), **space_measures(f(tr), f_gen, k))
+    out = out or os.path.splitext(generated)[0] + '.scores.json'
+    files.save_json(out, rec)
+    print(json.dumps(rec, indent=1))
+    return rec
