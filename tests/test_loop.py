@@ -158,6 +158,16 @@ def test_validation_names_the_field():
     cfg.data.n = 5000
     with pytest.raises(ValueError, match='exceeds the 1797 images'):
         loop.validate(cfg, dataset_size=1797)
+    cfg = tiny()
+    cfg.score.feature_space = 'inception'
+    with pytest.raises(ValueError, match="score.feature_space='inception' needs features.inception"):
+        loop.validate(cfg)
+    cfg.features.inception = '/nope/pt_inception.pth'
+    with pytest.raises(ValueError, match="features.inception='/nope/pt_inception.pth': no such"):
+        loop.validate(cfg)
+    cfg = tiny(feature_space='clip')
+    with pytest.raises(ValueError, match="loop.feature_space='clip'; allowed: pixel, digits"):
+        loop.validate(cfg)
 
 
 def test_workdir_with_another_config_is_refused(tmp_path, engine):

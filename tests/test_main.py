@@ -1,7 +1,11 @@
 """The command line: bad input gets one clear line and a non-zero exit, before any work."""
+import json
 import os
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,3 +31,53 @@ def test_misspelled_override_is_rejected(tmp_path):
     assert p.returncode != 0 and 'Did you mean "selection"' in p.stderr
     assert 'Traceback' not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / 'run')
+
+
+def test_score_mode_one_line_errors_and_a_real_score(tmp_path):
+    from collapse_jax import measure, scoring
+    from sklearn.datasets import load_digits
+    d = np.round(load_digits().images * 255 / 16).astype(np.uint8)
+    paths = {}
+    for name, arr in dict(gen=d[:60], train=d[60:160], ref=d[160:400],
+                          rank=d[0], f64=d[:10] / 127.5, nan=np.full((4, 8, 8), np.nan),
+                          empty=np.zeros((0, 8, 8), np.uint8), i32=d[:10].astype(np.int32),
+                          big=np.zeros((10, 16, 16), np.uint8), float01=d[:60] / 255.0).items():
+        paths[name] = str(tmp_path / f'{name}.npy')
+        np.save(paths[name], arr)
+    p = subprocess.run([sys.executable, 'main.py', '--mode=score', f'--generated={paths["nan"]}',
+                        f'--train={paths["train"]}'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert p.returncode != 0 and p.stderr.strip() == 'error: --generated: 256 NaN/inf values'
+    for gen, match in [('rank', r'shape \(8, 8\); allowed: \[n, h, w\]'),
+                       ('f64', r'float values in \[0, 2\]; allowed: \[0, 1\]'),
+                       ('empty', 'empty array'), ('i32', 'dtype int32; allowed: uint8'),
+                       ('big', r'image shapes differ: --generated \(16, 16, 1\) vs --train')]:
+        with pytest.raises(ValueError, match=match):
+            measure.score_files(paths[gen], paths['train'], out=str(tmp_path / 'x.json'))
+    with pytest.raises(FileNotFoundError, match="--train='nope.npy': no such file"):
+        measure.score_files(paths['gen'], 'nope.npy')
+    assert not os.path.exists(tmp_path / 'x.json')
+    out = str(tmp_path / 'scores.json')
+    rec = measure.score_files(paths['gen'], paths['train'], paths['ref'], out=out)
+    assert json.load(open(out)) == json.loads(json.dumps(rec))
+    px = d.reshape(len(d), -1).astype(np.float64)
+    assert rec['train_entropy'] == pytest.approx(scoring.knn_entropy(px[60:160]), rel=1e-6)
+    dist = np.sqrt(((px[:60, None] - px[None, 60:160]) ** 2).sum(-1)).min(1)
+    assert rec['gs_l2'] == pytest.approx(dist.mean() / 127.5, rel=1e-5)
+    assert rec['fd'] == pytest.approx(scoring.frechet_distance(px[:60], px[160:400]), rel=1e-5)
+    # floats in [0, 1] are the same images
+    rec2 = measure.score_files(paths['float01'], paths['train'], paths['ref'], out=out)
+    assert rec2['gs_l2'] == rec['gs_l2']
+
+
+def test_compare_mode_draws_several_runs(tmp_path):
+    from test_report import fake_run
+    for p, s in [('replace', 'none'), ('accumulate', 'greedy')]:
+        fake_run(str(tmp_path / f'{p}_{s}'), p, s, 0)
+    runs = f'{tmp_path}/replace_none,{tmp_path}/accumulate_greedy'
+    p = subprocess.run([sys.executable, 'main.py', '--mode=compare', f'--runs={runs}',
+                        f'--workdir={tmp_path}/cmp'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert p.returncode == 0, p.stderr
+    page = (tmp_path / 'cmp' / 'compare.html').read_text()
+    assert 'replace/none' in page and 'accumulate/greedy' in page
