@@ -208,7 +208,7 @@ def test_dinov2_resamples_the_518px_position_grid():
 
 
 def test_wrong_or_missing_weights_are_one_line_errors(tmp_path):
-    with pytest.raises(ValueError, match='needs weights: set features.inception'):
+    with pytest.raises(ValueError, match='needs weights: a local'):
         F.get('inception', {'inception': ''})
     with pytest.raises(FileNotFoundError, match='no such file'):
         F.get('dinov2', {'dinov2': str(tmp_path / 'nope.safetensors')})
