@@ -190,3 +190,30 @@ def test_one_device_makes_the_same_choices_as_four(tmp_path, uninterrupted):
         assert a['train_entropy'] == pytest.approx(b['train_entropy'], rel=1e-4)
     np.testing.assert_array_equal(np.load(tmp_path / 'gen_001' / 'train_index.npy'),
                                   np.load(four_dir / 'gen_001' / 'train_index.npy'))
+
+
+def test_class_conditional_guided_loop_keeps_labels(tmp_path):
+    """The CFG experiment: labels train the model, a class-balanced guided pool keeps its labels,
+    and the selected D_1 carries the labels of the pool rows it took."""
+    cfg = tiny(paradigm='replace', selection='greedy')
+    cfg.model.num_classes, cfg.sample.guidance = 10, 2.0
+    cfg.data.n, cfg.sample.batch_size = 20, 20
+    recs = loop.run_generations(cfg, str(tmp_path), loop.Engine(cfg))
+    assert len(recs) == 2 and recs[0]['sampler']['guidance'] == 2.0
+    pool_labels = np.load(tmp_path / 'gen_000' / 'pool_labels.npy')
+    assert np.bincount(pool_labels, minlength=10).tolist() == [4] * 10  # balanced over classes
+    idx = np.load(tmp_path / 'gen_001' / 'train_index.npy')
+    np.testing.assert_array_equal(np.load(tmp_path / 'gen_001' / 'train_labels.npy'),
+                                  pool_labels[idx])
+
+
+def test_experiment_configs_validate():
+    from configs import cfg_mnist, quick_cpu
+    for mod in (quick_cpu, cfg_mnist):
+        variants = loop.sweep_configs(mod.get_config(), '/unused')
+        assert len(variants) >= 2
+    c = cfg_mnist.get_config()
+    assert c.model.num_classes == 10 and c.sample.guidance == 2.0
+    from configs import cifar10_paper  # the paper's spaces need the user's weights files
+    with pytest.raises(ValueError, match="loop.feature_space='dinov2' needs features.dinov2"):
+        loop.sweep_configs(cifar10_paper.get_config(), '/unused')
