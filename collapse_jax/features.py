@@ -1,5 +1,5 @@
-"""Feature spaces for selection and scoring. Each maps uint8 images [n, h, w, c] to float32
-features [n, d]; its name goes beside every number computed in it.
+"""Feature spaces for selection and scoring. Each maps uint8 images [n, h, w, c] to features
+[n, d] (float32; `pixel` keeps uint8 as uint8); its name goes beside every number computed in it.
 
 - `pixel`: raw pixels in [0, 255] (the reference's scale for entropy and the threshold tau).
 - `digits`: the 128-d penultimate layer of a small CNN that the project trains on the embedded
@@ -31,7 +31,10 @@ SPACES = ('pixel',) + NETWORKS
 
 
 def pixel(images: np.ndarray) -> np.ndarray:
-    return np.asarray(images, np.float32).reshape(len(images), -1)
+    """[n, h, w, c] -> [n, h*w*c], uint8 kept as uint8 (selection computes exact int distances)."""
+    x = np.asarray(images)
+    return x.reshape(len(x), -1) if x.dtype == np.uint8 else x.reshape(len(x), -1).astype(
+        np.float32)
 
 
 # --------------------------------------------------------------------------- loading by name

@@ -72,6 +72,54 @@ def knn(queries, refs, k: int = 1, exclude_self: bool = False, block_q: int = 51
     return d.reshape(-1, k)[:nq], i.reshape(-1, k)[:nq]
 
 
+@partial(jax.jit, static_argnames=('k', 'block'))
+def self_knn(x, k: int = 1, block: int = 1024):
+    """knn(x, x, k, exclude_self=True) at half the arithmetic: the distance matrix is symmetric,
+    so each pair of blocks (I <= J) is multiplied once and serves the rows of I and of J.
+    Same candidates-then-exact-recompute scheme as `knn`."""
+    x = jnp.asarray(x, jnp.float32)
+    n, dim = x.shape
+    kc = min(k + 1, n - 1)
+    if kc < k:
+        raise ValueError(f'k={k} needs at least {k + 1} points, got {n}')
+    block = min(block, n)
+    r = _pad_rows(x - jnp.mean(x, axis=0), block)
+    nb = r.shape[0] // block
+    rn = jnp.where(jnp.arange(r.shape[0]) < n, jnp.sum(r * r, axis=1), jnp.inf)
+    pairs = np.array([(i, j) for i in range(nb) for j in range(i, nb)], np.int32)
+
+    def merge(best, start, d, cols):
+        bd = jax.lax.dynamic_slice(best[0], (start, 0), (block, kc))
+        bi = jax.lax.dynamic_slice(best[1], (start, 0), (block, kc))
+        nd, pos = jax.lax.top_k(-jnp.concatenate([bd, d], 1), kc)
+        ni = jnp.take_along_axis(jnp.concatenate([bi, jnp.broadcast_to(cols, d.shape)], 1), pos, 1)
+        return (jax.lax.dynamic_update_slice(best[0], -nd, (start, 0)),
+                jax.lax.dynamic_update_slice(best[1], ni, (start, 0)))
+
+    def step(best, ij):
+        i0, j0 = ij[0] * block, ij[1] * block
+        qi, qj = (jax.lax.dynamic_slice(r, (s, 0), (block, dim)) for s in (i0, j0))
+        ni, nj = (jax.lax.dynamic_slice(rn, (s,), (block,)) for s in (i0, j0))
+        rows_i, rows_j = i0 + jnp.arange(block), j0 + jnp.arange(block)
+        d = ni[:, None] + nj[None] - 2.0 * jnp.matmul(qi, qj.T, precision=HIGHEST)
+        d = jnp.maximum(jnp.where(rows_i[:, None] == rows_j[None], jnp.inf, d), 0.0)
+        best = merge(best, i0, d, rows_j)
+        best = jax.lax.cond(ij[0] != ij[1], lambda b: merge(b, j0, d.T, rows_i), lambda b: b, best)
+        return best, None
+
+    init = (jnp.full((r.shape[0], kc), jnp.inf), jnp.zeros((r.shape[0], kc), jnp.int32))
+    (_, idx), _ = jax.lax.scan(step, init, jnp.asarray(pairs))
+
+    def exact_block(args):  # direct distances of the candidates, no cancellation
+        rb, ib = args
+        e = jnp.sum((rb[:, None, :] - r[ib]) ** 2, axis=-1)
+        order = jnp.argsort(e, axis=1)[:, :k]
+        return jnp.take_along_axis(e, order, 1), jnp.take_along_axis(ib, order, 1)
+
+    d, i = jax.lax.map(exact_block, (r.reshape(nb, block, dim), idx.reshape(nb, block, kc)))
+    return d.reshape(-1, k)[:n], i.reshape(-1, k)[:n]
+
+
 def _flat(x):
     x = np.asarray(x)
     if x.ndim < 2 or x.shape[0] == 0:
@@ -110,7 +158,7 @@ def knn_entropy(x, k: int = 1, return_duplicates: bool = False):
     n, d = x.shape
     if n <= k:
         raise ValueError(f'knn_entropy needs more than k={k} distinct points, got {n}')
-    sq, _ = knn(x, x, k=k, exclude_self=True)
+    sq, _ = self_knn(x, k=k)
     log_eps = 0.5 * np.log(np.asarray(sq[:, k - 1], np.float64))
     log_cd = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
     h = _digamma_int(n) - _digamma_int(k) + log_cd + d * float(np.mean(log_eps))
@@ -182,8 +230,8 @@ def precision_recall(real, generated, k: int = 3):
     generated samples inside some real sample's ball (radius = distance to its k-th nearest other
     real sample), recall the share of real samples inside some generated sample's ball."""
     r, g = _flat(real), _flat(generated)
-    r_rad, _ = knn(r, r, k=k, exclude_self=True)
-    g_rad, _ = knn(g, g, k=k, exclude_self=True)
+    r_rad, _ = self_knn(r, k=k)
+    g_rad, _ = self_knn(g, k=k)
     precision = float(np.mean(np.asarray(_in_any_ball(g, r, r_rad[:, k - 1]))))
     recall = float(np.mean(np.asarray(_in_any_ball(r, g, g_rad[:, k - 1]))))
     return precision, recall

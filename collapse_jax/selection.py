@@ -1,8 +1,9 @@
 """Selection rules (which N candidates train the next generation) and paradigms (which candidates
 there are). Greedy farthest-point and the threshold-decay filter run their whole loop on device.
 
-Distances are Euclidean in the feature space handed in (pixels in [0, 255] by default), computed
-directly as sum((x - c)^2) per pick, so picks are exact and reproducible.
+Distances are Euclidean in the feature space handed in (pixels in [0, 255] by default).
+Greedy computes them in float64, where integer pixels give exact integers (float32 rounds sums
+above 2^24), so its picks are those of exact arithmetic, ties going to the lowest index.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+HIGHEST = jax.lax.Precision.HIGHEST
 SELECTIONS = ('none', 'random', 'greedy', 'threshold')
 PARADIGMS = ('replace', 'accumulate', 'accumulate_subsample', 'fresh')
 
@@ -20,27 +22,69 @@ def _sqdist_to(x, c):
     return jnp.sum((x - c[None]) ** 2, axis=1)
 
 
-@partial(jax.jit, static_argnames=('n',))
-def _greedy(x, n, first):
-    min_d = _sqdist_to(x, x[first]).at[first].set(-1.0)
-    picks = jnp.zeros((n,), jnp.int32).at[0].set(first)
+@partial(jax.jit, static_argnames=('n', 'block', 'top'))
+def _greedy(x, n, first, block: int = 32, top: int = 32):
+    """Farthest-point traversal with lazy updates. The exact rule needs each pick's distance to
+    every point, an n x d pass per pick that memory bandwidth bounds. Instead, every point keeps
+    an upper bound `ub` of its distance to the chosen set (exact up to the last full update);
+    the newest picks wait in `pend`, and every `block` picks one matrix product (compute-bound)
+    brings all bounds up to date. Between updates, the `top` largest bounds are refreshed
+    against the pending picks; if the best refreshed value beats the top-th bound, it beats
+    every other point's true value too, so it is the exact argmax. Otherwise a full update runs
+    now and the argmax is taken directly. Same picks as the plain loop, ties to the lowest index.
+    x: float64 [m, d] (under enable_x64)."""
+    m = x.shape[0]
+    top = min(top, m)
+    sq = jnp.sum(x * x, axis=1)
 
-    def body(i, carry):
-        min_d, picks = carry
-        j = jnp.argmax(min_d).astype(jnp.int32)
-        min_d = jnp.minimum(min_d, _sqdist_to(x, x[j])).at[j].set(-1.0)
-        return min_d, picks.at[i].set(j)
+    def dists(rows, p, p_sq):  # squared distances [len(rows), block]; exact for integer data
+        dot = jnp.matmul(x[rows] if rows is not None else x, p.T, precision=HIGHEST)
+        r_sq = sq[rows] if rows is not None else sq
+        return jnp.maximum(r_sq[:, None] + p_sq[None] - 2.0 * dot, 0.0)
 
-    return jax.lax.fori_loop(1, n, body, (min_d, picks))[1]
+    def full_update(s):
+        d = jnp.where(jnp.arange(block)[None] < s['np'], dists(None, s['pend'], s['pend_sq']),
+                      jnp.inf)
+        ub = jnp.where(s['ub'] < 0, s['ub'], jnp.minimum(s['ub'], d.min(1)))
+        return dict(s, ub=ub, np=jnp.int32(0))
+
+    def body(i, s):
+        s = jax.lax.cond(s['np'] == block, full_update, lambda s: s, s)
+        vals, idx = jax.lax.top_k(s['ub'], top)
+        d = jnp.where(jnp.arange(block)[None] < s['np'], dists(idx, s['pend'], s['pend_sq']),
+                      jnp.inf)
+        r = jnp.where(vals < 0, vals, jnp.minimum(vals, d.min(1)))
+        s = dict(s, ub=s['ub'].at[idx].set(r))
+        best_r = r.max()
+        lazy_best = jnp.where(r == best_r, idx, m).min()
+
+        def exact(s):
+            s = full_update(s)
+            return s, jnp.argmax(s['ub']).astype(jnp.int32)
+
+        s, j = jax.lax.cond(best_r > vals[top - 1], lambda s: (s, lazy_best.astype(jnp.int32)),
+                            exact, s)
+        return dict(s, ub=s['ub'].at[j].set(-1.0), picks=s['picks'].at[i].set(j),
+                    pend=s['pend'].at[s['np']].set(x[j]), pend_sq=s['pend_sq'].at[s['np']].set(sq[j]),
+                    np=s['np'] + 1)
+
+    ub0 = jnp.maximum(sq + sq[first] - 2.0 * jnp.matmul(x, x[first], precision=HIGHEST), 0.0)
+    s = dict(ub=ub0.at[first].set(-1.0), picks=jnp.zeros((n,), jnp.int32).at[0].set(first),
+             pend=jnp.zeros((block, x.shape[1]), x.dtype), pend_sq=jnp.zeros((block,), x.dtype),
+             np=jnp.int32(0))
+    return jax.lax.fori_loop(1, n, body, s)['picks']
 
 
 def greedy_select(features, n: int, first: int = 0) -> np.ndarray:
     """Farthest-point selection: start at `first`, then repeatedly add the candidate farthest from
     its nearest chosen one. Returns the n indices in the order chosen (ties: lowest index)."""
-    x = jnp.asarray(np.asarray(features).reshape(len(features), -1), jnp.float32)
+    x = np.asarray(features).reshape(len(features), -1)
     if not 1 <= n <= x.shape[0]:
         raise ValueError(f'greedy_select: n={n}; allowed 1..{x.shape[0]}')
-    return np.asarray(_greedy(x, n, jnp.int32(first)))
+    # float64 makes integer pixels exact; TPUs only emulate it, slowly, so they use float32
+    dtype = jnp.float32 if jax.default_backend() == 'tpu' else jnp.float64
+    with jax.enable_x64(dtype == jnp.float64):
+        return np.asarray(_greedy(jnp.asarray(x, dtype), n, jnp.int32(first)))
 
 
 @partial(jax.jit, static_argnames=('n',))

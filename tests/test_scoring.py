@@ -116,3 +116,12 @@ def test_precision_recall_against_brute_force():
     assert p == pytest.approx(brute(real, fake)) and r == pytest.approx(brute(fake, real))
     assert p > r  # narrow fakes sit inside the real manifold but do not cover it
     assert scoring.precision_recall(real, real, k=k) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize('n,k,block', [(100, 1, 32), (100, 3, 32), (64, 2, 64), (7, 1, 1024)])
+def test_symmetric_self_knn_matches_brute_force(n, k, block):
+    x = np.random.default_rng(n + k).normal(size=(n, 5)).astype(np.float32)
+    d, i = scoring.self_knn(x, k=k, block=block)  # ragged last block, several block pairs
+    bd, bi = brute_knn(x, x, k, True)
+    np.testing.assert_array_equal(np.asarray(i), bi)
+    np.testing.assert_allclose(np.asarray(d), bd, rtol=1e-5, atol=1e-6)

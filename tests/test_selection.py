@@ -82,3 +82,18 @@ def test_select_rules_sizes_and_errors():
     np.testing.assert_array_equal(selection.select('none', x, 5, seed=0)[0], np.arange(5))
     with pytest.raises(ValueError, match='loop.selection'):
         selection.select('best', x, 5, seed=0)
+
+
+def test_greedy_ties_go_to_the_lowest_index_like_the_plain_loop():
+    # values in {0, 1, 2}: many exactly tied distances, the hard case for the lazy updates
+    x = np.random.default_rng(3).integers(0, 3, size=(500, 6)).astype(np.uint8)
+    for first, n in [(0, 200), (123, 64), (499, 37)]:
+        np.testing.assert_array_equal(greedy_select(x, n, first=first),
+                                      naive_greedy(x.astype(np.int64), n, first))
+
+
+def test_greedy_on_pixels_is_exact_where_float32_rounds():
+    # d = 3072 pixels: squared distances above 2^24, where float32 sums round
+    x = np.random.default_rng(4).integers(0, 256, size=(400, 3072)).astype(np.uint8)
+    np.testing.assert_array_equal(greedy_select(x, 150, first=5),
+                                  naive_greedy(x.astype(np.int64), 150, 5))

@@ -1,0 +1,330 @@
+"""The benchmark: python -m collapse_jax.bench [--quick] [--out=bench.jsonl] [--only=knn,greedy]
+
+Measures on whatever device JAX finds, each beside its PyTorch / scikit-learn / faiss peer where
+that is installed (requirements-bench.txt), in one run so that ratios are side by side:
+  roofline  dense matmul rate through JAX (the machine's limit for the scorer)
+  knn       kNN entropy (k = 1) at d = 3072; peers: sklearn NearestNeighbors + KL, faiss
+  greedy    farthest-point selection; peer: the reference's PyTorch loop (.item() per pick)
+  sampler   ancestral sampler images/s; peer: diffusers DDPMPipeline with the same UNet
+  train     train-step images/s; peer: a PyTorch loop with diffusers' UNet, AdamW, clipping
+Prints a table and writes one JSON object per measurement. Times are the best of a few runs
+after a warm-up (compilation excluded and reported apart).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from collapse_jax import files, scoring, selection
+
+SIZES = {  # full: the issue's sizes; quick: a few minutes on a 2-core CPU
+    'full': dict(knn_n=16384, greedy_n=16384, greedy_m=8192, d=3072, roofline=4096,
+                 sampler=[('UNet48', 1000, 16), ('UNet48', 100, 16), ('small', 1000, 16),
+                          ('small', 100, 16)], train=[('UNet48', 128), ('small', 128)],
+                 peer_picks=256),
+    'quick': dict(knn_n=4096, greedy_n=4096, greedy_m=2048, d=3072, roofline=2048,
+                  sampler=[('small', 100, 8), ('UNet48', 20, 4)], train=[('small', 32)],
+                  peer_picks=128),
+}
+
+
+def best_time(fn, repeats=3):
+    """Seconds of the fastest of `repeats` calls (fn blocks until its result is ready)."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return min(out)
+
+
+def have(module):
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def record(rows, name, value, unit, peer=None, peer_name=None, higher_is_better=True, **extra):
+    r = dict(name=name, value=value, unit=unit, device=jax.devices()[0].device_kind, **extra)
+    if peer is not None:
+        r.update(peer=peer_name, peer_value=peer,
+                 ratio=(value / peer) if higher_is_better else (peer / value))
+    rows.append(r)
+    print(_row(r), flush=True)
+    return r
+
+
+def _row(r):
+    ratio = f"{r['ratio']:.2f}x" if 'ratio' in r else ''
+    peer = f"{r['peer_value']:.4g} ({r['peer']})" if 'peer' in r else ''
+    return f"{r['name']:<44} {r['value']:>12.4g} {r['unit']:<10} {peer:<34} {ratio:>8}"
+
+
+# ----------------------------------------------------------------------------- roofline
+
+def bench_roofline(rows, size):
+    out = {}
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    dtypes = [('float32', jnp.float32, jax.lax.Precision.HIGHEST)]
+    if jax.default_backend() != 'cpu':
+        dtypes.append(('bfloat16', jnp.bfloat16, jax.lax.Precision.DEFAULT))
+    for name, dt, prec in dtypes:
+        x = a.astype(dt)
+        f = jax.jit(lambda p, q: jnp.matmul(p, q, precision=prec))
+        f(x, x).block_until_ready()
+        s = best_time(lambda: f(x, x).block_until_ready(), 5)
+        out[name] = 2 * size ** 3 / s / 1e9
+        record(rows, f'matmul {size}^3 {name}', out[name], 'GFLOP/s')
+    return out
+
+
+# ----------------------------------------------------------------------------- kNN entropy
+
+def kl_entropy_from_distances(eps, d, k=1):
+    """The reference's formula from k-th neighbour distances (float64)."""
+    from scipy.special import digamma, gammaln
+    n = len(eps)
+    log_cd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1)
+    return float(digamma(n) - digamma(k) + log_cd + d * np.mean(np.log(eps)))
+
+
+def bench_knn(rows, n, d, matmul_rate):
+    x = np.random.default_rng(0).integers(0, 256, (n, d), dtype=np.uint8).astype(np.float32)
+    t0 = time.perf_counter()
+    h = scoring.knn_entropy(x)
+    first = time.perf_counter() - t0
+    s = best_time(lambda: scoring.knn_entropy(x), 2)
+    block = min(1024, n)  # self_knn multiplies each pair of blocks I <= J once
+    nb = -(-n // block)
+    executed = 2.0 * d * block * block * nb * (nb + 1) / 2
+    rate = executed / s / 1e9
+    peers = {}
+    if have('sklearn'):
+        from sklearn.neighbors import NearestNeighbors
+        t0 = time.perf_counter()
+        dist, _ = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
+        peers['sklearn'] = (time.perf_counter() - t0, kl_entropy_from_distances(dist[:, 1], d))
+    if have('faiss'):
+        import faiss
+
+        def run_faiss():
+            index = faiss.IndexFlatL2(d)
+            index.add(x)
+            return index.search(x, 2)[0]
+        dist = run_faiss()
+        peers['faiss'] = (best_time(run_faiss, 2),
+                          kl_entropy_from_distances(np.sqrt(np.maximum(dist[:, 1], 0)), d))
+    name = f'knn entropy n={n} d={d} k=1'
+    if not peers:
+        record(rows, name, s, 's', higher_is_better=False, entropy=h, compile_s=first - s)
+    for peer, (ps, ph) in peers.items():
+        record(rows, name, s, 's', ps, peer, higher_is_better=False, entropy=h,
+               peer_entropy=ph, entropy_abs_diff=abs(h - ph), compile_s=first - s)
+    if matmul_rate:
+        record(rows, 'knn scorer rate / matmul rate', rate / matmul_rate, 'fraction',
+               scorer_gflops=rate, matmul_gflops=matmul_rate, executed_gflop=executed / 1e9,
+               dense_equivalent_gflops=2.0 * n * n * d / s / 1e9)
+
+
+# ----------------------------------------------------------------------------- greedy
+
+def torch_greedy(x, m, first=0):
+    """The reference's loop: cdist to the newest pick, running minimum, argmax, .item()."""
+    import torch
+    picks = [first]
+    min_d = torch.cdist(x, x[first:first + 1]).squeeze(1)
+    for _ in range(m - 1):
+        j = int(torch.argmax(min_d).item())
+        picks.append(j)
+        min_d = torch.minimum(min_d, torch.cdist(x, x[j:j + 1]).squeeze(1))
+    return picks
+
+
+def bench_greedy(rows, n, m, d, peer_picks):
+    x = np.random.default_rng(1).integers(0, 256, (n, d), dtype=np.uint8)
+    t0 = time.perf_counter()
+    ours = selection.greedy_select(x, m, first=0)
+    first = time.perf_counter() - t0
+    s = best_time(lambda: selection.greedy_select(x, m, first=0), 2)
+    name = f'greedy select {m} of {n} d={d}'
+    if not have('torch'):
+        record(rows, name, s, 's', higher_is_better=False, compile_s=first - s)
+        return
+    import torch
+    xt = torch.from_numpy(x.astype(np.float32))
+    k = min(peer_picks, m)  # the peer's per-pick cost is constant: time k picks, scale to m
+    t0 = time.perf_counter()
+    ref = torch_greedy(xt, k)
+    ps = (time.perf_counter() - t0) * (m - 1) / (k - 1)
+    same = int(np.sum(np.asarray(ref) == ours[:k]))
+    record(rows, name, s, 's', ps, f'torch loop (timed on {k} picks, scaled)',
+           higher_is_better=False, picks_compared=k, picks_identical=same, compile_s=first - s)
+
+
+# ----------------------------------------------------------------------------- UNet peers
+
+def diffusers_unet(preset, channels=3):
+    import diffusers
+    from collapse_jax import unet
+    p = unet.PRESETS[preset]
+    down = ['AttnDownBlock2D' if a else 'DownBlock2D' for a in p['attention']]
+    up = ['AttnUpBlock2D' if a else 'UpBlock2D' for a in reversed(p['attention'])]
+    return diffusers.UNet2DModel(in_channels=channels, out_channels=channels, layers_per_block=2,
+                                 block_out_channels=p['widths'], norm_num_groups=p['groups'],
+                                 down_block_types=down, up_block_types=up, sample_size=32)
+
+
+def bench_sampler(rows, preset, steps, batch, peak):
+    from collapse_jax import diffusion, unet
+    from flax import nnx
+    model = unet.make_unet(preset, in_channels=3)
+    graphdef, params = nnx.split(model)
+    sampler = diffusion.make_sampler(graphdef, diffusion.linear_alphas_cumprod(1000, 1e-4, 0.02),
+                                     shape=(32, 32, 3), steps=steps)
+    y = jnp.zeros((batch,), jnp.int32)
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    jax.block_until_ready(sampler(params, key, y))
+    first = time.perf_counter() - t0
+    s = best_time(lambda: jax.block_until_ready(sampler(params, key, y)), 2)
+    ips = batch / s
+    flops = unet_flops(graphdef, params, batch)
+    mfu = flops * steps / s / (peak * 1e9) if peak else None
+    name = f'sampler {preset} 32x32x3 steps={steps} batch={batch}'
+    extra = dict(compile_s=first - s, unet_gflop_per_image=flops / batch / 1e9, mfu=mfu,
+                 params=unet.count_params(model))
+    if not (have('torch') and have('diffusers')):
+        record(rows, name, ips, 'img/s', **extra)
+        return
+    import torch
+    import diffusers
+    pipe = diffusers.DDPMPipeline(unet=diffusers_unet(preset).eval(),
+                                  scheduler=diffusers.DDPMScheduler(
+                                      num_train_timesteps=1000, beta_schedule='linear'))
+    pipe.set_progress_bar_config(disable=True)
+    run = lambda: pipe(batch_size=batch, num_inference_steps=steps, output_type='np',  # noqa
+                       generator=torch.manual_seed(0))
+    with torch.inference_mode():
+        pt = best_time(run, 1)
+    record(rows, name, ips, 'img/s', batch / pt, 'diffusers DDPMPipeline', **extra)
+
+
+def unet_flops(graphdef, params, batch):
+    """FLOPs of one UNet evaluation on a batch, from XLA's cost analysis of the compiled call."""
+    from flax import nnx
+    f = jax.jit(lambda p, x, t: nnx.merge(graphdef, p)(x, t))
+    x = jnp.zeros((batch, 32, 32, 3))
+    cost = f.lower(params, x, jnp.zeros((batch,), jnp.int32)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get('flops', 0.0))
+
+
+def bench_train(rows, preset, batch):
+    from configs import default
+    from collapse_jax import diffusion, parallel, train
+    cfg = default.get_config()
+    cfg.model.preset, cfg.train.batch_size = preset, batch
+    mesh = parallel.make_mesh()
+    graphdef, params = train.build_model(cfg, 3)
+    tx = train.make_optimizer(cfg, 1000)
+    state = train.init_state(params, tx, False)
+    step = train.make_train_step(graphdef, tx, diffusion.linear_alphas_cumprod(1000, 1e-4, 0.02),
+                                 cfg, mesh)
+    images = parallel.shard_batch(mesh, np.random.default_rng(0).integers(
+        0, 256, (batch, 32, 32, 3), dtype=np.uint8))
+    labels = parallel.shard_batch(mesh, np.zeros((batch,), np.int32))
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    state, _ = jax.block_until_ready(step(state, images, labels, key))
+    first = time.perf_counter() - t0
+    holder = {'s': state}
+
+    def five():
+        for _ in range(5):
+            holder['s'], loss = step(holder['s'], images, labels, key)
+        jax.block_until_ready(loss)
+    s = best_time(five, 2) / 5
+    name = f'train step {preset} 32x32x3 batch={batch}'
+    if not (have('torch') and have('diffusers')):
+        record(rows, name, batch / s, 'img/s', compile_s=first - s)
+        return
+    pt = torch_train_step_time(preset, batch, cfg)
+    record(rows, name, batch / s, 'img/s', batch / pt, 'torch loop (diffusers UNet, AdamW)',
+           compile_s=first - s)
+
+
+def torch_train_step_time(preset, batch, cfg):
+    import torch
+    import diffusers
+    model = diffusers_unet(preset).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.b1, cfg.train.b2),
+                            eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule='linear')
+    x0 = torch.rand(batch, 3, 32, 32) * 2 - 1
+
+    def one():
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (batch,))
+        loss = torch.nn.functional.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+    one()
+    return best_time(lambda: [one() for _ in range(5)], 2) / 5
+
+
+# ----------------------------------------------------------------------------- entry
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--quick', action='store_true', help='CPU-sized problems (a few minutes)')
+    ap.add_argument('--only', default='roofline,knn,greedy,sampler,train',
+                    help='comma-separated subset of: roofline, knn, greedy, sampler, train')
+    ap.add_argument('--out', default='bench.jsonl', help='one JSON object per measurement')
+    args = ap.parse_args(argv)
+    parts = args.only.split(',')
+    bad = sorted(set(parts) - {'roofline', 'knn', 'greedy', 'sampler', 'train'})
+    if bad:
+        sys.exit(f'error: --only={args.only!r}: unknown {bad}; allowed: roofline, knn, greedy, '
+                 'sampler, train')
+    z = SIZES['quick' if args.quick else 'full']
+    if have('torch'):
+        import torch
+        print(f'torch threads: {torch.get_num_threads()}')
+    print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}),'
+          f' {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; '
+          f'jax {jax.__version__}')
+    print(f"{'measure':<44} {'ours':>12} {'unit':<10} {'peer':<34} {'ratio':>8}")
+    rows = []
+    rates = bench_roofline(rows, z['roofline']) if 'roofline' in parts else {}
+    peak = rates.get('bfloat16') or rates.get('float32')
+    if 'knn' in parts:
+        bench_knn(rows, z['knn_n'], z['d'], rates.get('float32'))
+    if 'greedy' in parts:
+        bench_greedy(rows, z['greedy_n'], z['greedy_m'], z['d'], z['peer_picks'])
+    if 'sampler' in parts:
+        for preset, steps, batch in z['sampler']:
+            bench_sampler(rows, preset, steps, batch, peak)
+    if 'train' in parts:
+        for preset, batch in z['train']:
+            bench_train(rows, preset, batch)
+    files.save_jsonl(args.out, rows)
+    print(f'wrote {len(rows)} measurements to {args.out}')
+    return rows
+
+
+if __name__ == '__main__':
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()
