@@ -127,10 +127,10 @@ def bench_knn(rows, n, d, matmul_rate):
                           kl_entropy_from_distances(np.sqrt(np.maximum(dist[:, 1], 0)), d))
     name = f'knn entropy n={n} d={d} k=1'
     if not peers:
-        record(rows, name, s, 's', higher_is_better=False, entropy=h, compile_s=first - s)
+        record(rows, name, s, 's', higher_is_better=False, entropy=h, compile_s=max(first - s, 0.0))
     for peer, (ps, ph) in peers.items():
         record(rows, name, s, 's', ps, peer, higher_is_better=False, entropy=h,
-               peer_entropy=ph, entropy_abs_diff=abs(h - ph), compile_s=first - s)
+               peer_entropy=ph, entropy_abs_diff=abs(h - ph), compile_s=max(first - s, 0.0))
     if matmul_rate:
         record(rows, 'knn scorer rate / matmul rate', rate / matmul_rate, 'fraction',
                scorer_gflops=rate, matmul_gflops=matmul_rate, executed_gflop=executed / 1e9,
@@ -161,7 +161,7 @@ def bench_greedy(rows, n, m, d, peer_picks):
     s = best_time(lambda: selection.greedy_select(x, m, first=0), 2)
     name = f'greedy select {m} of {n} d={d}'
     if not have('torch'):
-        record(rows, name, s, 's', higher_is_better=False, compile_s=first - s)
+        record(rows, name, s, 's', higher_is_better=False, compile_s=max(first - s, 0.0))
         return
     import torch
     xt = torch.from_numpy(x.astype(np.float32))
@@ -175,7 +175,7 @@ def bench_greedy(rows, n, m, d, peer_picks):
     record(rows, name, s, 's', ps, f'torch loop (timed on {k} picks, scaled)',
            higher_is_better=False, picks_compared=k, picks_identical=same,
            picks_identical_to_exact_loop=int(np.sum(np.asarray(exact) == ours[:k])),
-           compile_s=first - s)
+           compile_s=max(first - s, 0.0))
 
 
 # ----------------------------------------------------------------------------- UNet peers
@@ -208,7 +208,7 @@ def bench_sampler(rows, preset, steps, batch, peak):
     flops = unet_flops(graphdef, params, batch)
     mfu = flops * steps / s / (peak * 1e9) if peak else None
     name = f'sampler {preset} 32x32x3 steps={steps} batch={batch}'
-    extra = dict(compile_s=first - s, unet_gflop_per_image=flops / batch / 1e9, mfu=mfu,
+    extra = dict(compile_s=max(first - s, 0.0), unet_gflop_per_image=flops / batch / 1e9, mfu=mfu,
                  params=unet.count_params(model))
     if not (have('torch') and have('diffusers')):
         record(rows, name, ips, 'img/s', **extra)
@@ -263,11 +263,11 @@ def bench_train(rows, preset, batch):
     s = best_time(five, 2) / 5
     name = f'train step {preset} 32x32x3 batch={batch}'
     if not (have('torch') and have('diffusers')):
-        record(rows, name, batch / s, 'img/s', compile_s=first - s)
+        record(rows, name, batch / s, 'img/s', compile_s=max(first - s, 0.0))
         return
     pt = torch_train_step_time(preset, batch, cfg)
     record(rows, name, batch / s, 'img/s', batch / pt, 'torch loop (diffusers UNet, AdamW)',
-           compile_s=first - s)
+           compile_s=max(first - s, 0.0))
 
 
 def torch_train_step_time(preset, batch, cfg):
