@@ -4,6 +4,7 @@
   score    python main.py --mode=score --generated=a.npy --train=b.npy [--reference=c.npy]
                           [--feature_space=digits] [--weights=file] [--out=scores.json]
   compare  python main.py --mode=compare --runs=<dir1>,<dir2>,... --workdir=<out dir>
+  study    python main.py --mode=study --config=configs/study_cpu.py --workdir=<dir>
 """
 import logging as pylogging
 import sys
@@ -13,7 +14,7 @@ from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', None, 'Run directory (created; a rerun resumes it).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_enum('mode', 'run', ['run', 'score', 'compare'], 'What to do.')
+flags.DEFINE_enum('mode', 'run', ['run', 'score', 'compare', 'study'], 'What to do.')
 flags.DEFINE_string('generated', '', 'score: .npy of generated images (uint8, or float in [0, 1]).')
 flags.DEFINE_string('train', '', 'score: .npy of the training images they are measured against.')
 flags.DEFINE_string('reference', '', 'score: .npy of real images for FD and precision/recall '
@@ -59,6 +60,13 @@ def dispatch():
         sys.exit('error: --config is required')
     if cfg.distributed:
         parallel.initialize()
+    if FLAGS.mode == 'study':
+        if 'study' not in cfg:
+            sys.exit('error: --mode=study needs a config with a study section '
+                     '(configs/study_cpu.py)')
+        from collapse_jax import study
+        study.run_study(cfg, FLAGS.workdir)
+        return
     loop.run(cfg, FLAGS.workdir)
 
 

@@ -219,12 +219,12 @@ def sweep_configs(cfg, workdir):
     return out
 
 
-def run(cfg, workdir):
+def run(cfg, workdir, engine=None):
     """Runs cfg.sweep's variants (or the one configured) under workdir. Returns {label: records}.
     A sweep varies only loop fields, so its variants share one Engine (one compilation) and
     the generation-0 pool."""
     variants = sweep_configs(cfg, workdir)
-    engine, runs = Engine(variants[0][1]), {}
+    engine, runs = engine or Engine(variants[0][1]), {}
     for i, (label, sub, sub_dir) in enumerate(variants):
         if i and jax.process_index() == 0:
             _share_generation_zero(variants[0][2], sub_dir)

@@ -24,3 +24,11 @@ os.environ['COLLAPSE_JAX_CACHE'] = tempfile.mkdtemp(prefix='collapse_jax_cache_'
 def digits_features():
     from collapse_jax import features
     return features.get('digits')
+
+
+@pytest.fixture(scope='session')
+def engine():
+    """One compiled engine (tiny UNet, 8x8 digits) for every loop test a worker runs."""
+    from collapse_jax import loop
+    from test_loop import tiny
+    return loop.Engine(tiny())

@@ -23,11 +23,6 @@ def tiny(**loop_fields):
     return cfg
 
 
-@pytest.fixture(scope='module')
-def engine():
-    return loop.Engine(tiny())
-
-
 def strip(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 

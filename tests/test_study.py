@@ -1,0 +1,58 @@
+"""The study: which runs it makes, the figures and results it draws from finished runs, and one
+real (toy-size) run through the whole command."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from collapse_jax import study
+from test_loop import tiny
+from test_report import fake_run
+
+VARIANTS = 'replace:none,accumulate:greedy'
+
+
+def toy(ns='16,24', seeds='0,1', headline=16, variants=VARIANTS, generations=2):
+    import ml_collections
+    cfg = tiny(generations=generations)
+    cfg.study = ml_collections.ConfigDict(dict(ns=ns, seeds=seeds, headline_n=headline,
+                                               variants=variants))
+    return cfg
+
+
+def test_runs_every_size_with_the_first_seed_and_every_seed_at_the_headline_size():
+    assert study.runs_of(toy(ns='32,64,128', seeds='0,1,2', headline=64)) == [
+        (32, 0), (64, 0), (128, 0), (64, 1), (64, 2)]
+
+
+def test_draws_figures_and_results_from_finished_runs(tmp_path):
+    cfg = toy()
+    for n, seed in study.runs_of(cfg):
+        for i, item in enumerate(VARIANTS.split(',')):
+            fake_run(str(tmp_path / f'N{n}_seed{seed}' / item.replace(':', '_')),
+                     *item.split(':'), seed=n + 10 * seed + i)
+    res = study.draw(cfg, str(tmp_path))
+    for name in ('gs_by_n', 'entropy_by_n', 'entropy_vs_log_gs', 'selection_gs_fd', 'real_share',
+                 'nearest_first', 'nearest_last'):
+        assert os.path.getsize(tmp_path / 'figures' / f'{name}.png') > 0, name
+    rows = res['rows']
+    assert len(rows) == 3 * 2 * 3  # (N, seed) runs x variants x generations
+    pts = np.array([(r['train_entropy'], np.log(r['gs_mse'])) for r in rows
+                    if r['variant'] == 'replace/none'])
+    assert res['pearson_points'] == len(pts) == 9
+    assert res['pearson_entropy_log_gs'] == pytest.approx(np.corrcoef(pts.T)[0, 1])
+    assert json.load(open(tmp_path / 'figures' / 'results.json'))['rows'] == json.loads(
+        json.dumps(rows))
+    assert (tmp_path / 'figures' / 'results.csv').read_text().count('\n') == len(rows) + 1
+
+
+def test_one_real_study_run_end_to_end_and_headline_check(tmp_path, engine):
+    cfg = toy(ns='16', seeds='0', variants='replace:none,replace:greedy')
+    res = study.run_study(cfg, str(tmp_path), engine)
+    assert sorted(os.listdir(tmp_path)) == ['N16_seed0', 'figures']
+    assert [r['generation'] for r in res['rows']] == [0, 1, 0, 1]
+    assert study.run_study(cfg, str(tmp_path), engine)['rows'] == res['rows']  # resumed: nothing redone
+    bad = toy(headline=20)
+    with pytest.raises(ValueError, match='study.headline_n=20 must be one of'):
+        study.run_study(bad, str(tmp_path / 'bad'), engine)
