@@ -382,7 +382,8 @@ def score_generation(cfg, g, d_g, pool, gd, featurize, scorer, reference):
     the Frechet distance and precision/recall of S_g against held-out real images in the score
     space (score.feature_space)."""
     train_px, pool_px = features.pixel(d_g['images']), features.pixel(pool)
-    nn_idx, _ = scoring.nearest_train(pool_px, train_px)
+    px, nn_idx = measure.pixel_measures(d_g['images'], pool, cfg.score.k, cfg.score.mem_ratio,
+                                        return_nearest=True)
     with open(os.path.join(gd, 'selection.json')) as f:
         sel_info = json.load(f)
     select_s = sel_info.pop('select_s', None)
@@ -392,7 +393,7 @@ def score_generation(cfg, g, d_g, pool, gd, featurize, scorer, reference):
         units=f'entropy: nats, pixels in [0, 255]; gs/variance: pixels in [-1, 1]; *_feat: '
               f'{featurize.name} features; fd, precision, recall: {scorer.name} features',
         n_train=int(len(train_px)), n_pool=int(len(pool_px)),
-        **measure.pixel_measures(d_g['images'], pool, cfg.score.k, cfg.score.mem_ratio),
+        **px,
         pool_variance=float(np.sum(np.var(pool_px / PM1, axis=0))),
         train_variance=float(np.sum(np.var(train_px / PM1, axis=0))),
         real_share=float(np.mean(d_g['source'] < 0)), how_built=sel_info, select_s=select_s,

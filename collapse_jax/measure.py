@@ -65,17 +65,19 @@ def space_measures(f_train, f_gen, k: int = 1) -> dict:
                 gs_mse_feat=float(np.mean(nn_d ** 2)) / f_train.shape[1])
 
 
-def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3) -> dict:
+def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, return_nearest=False):
     """Entropy (nats, pixels 0-255) of both sets, duplicates, GS ([-1, 1] pixels) and the
-    memorized share of the generated set against the training set."""
+    memorized share of the generated set against the training set (and, if asked, each generated
+    image's nearest training index, for the nearest-neighbour grid)."""
     t, g = features.pixel(train), features.pixel(gen)
     h_t, dup_t = scoring.knn_entropy(t, k, return_duplicates=True)
     h_g, dup_g = scoring.knn_entropy(g, k, return_duplicates=True)
-    _, nn_d = scoring.nearest_train(g, t)
-    return dict(train_entropy=h_t, train_duplicates=dup_t, pool_entropy=h_g, pool_duplicates=dup_g,
-                gs_l2=float(np.mean(nn_d)) / PM1,
-                gs_mse=float(np.mean(nn_d ** 2)) / t.shape[1] / PM1 ** 2,
-                memorization=scoring.memorization_fraction(g, t, mem_ratio))
+    nn_idx, nn_d = scoring.nearest_train(g, t)
+    out = dict(train_entropy=h_t, train_duplicates=dup_t, pool_entropy=h_g, pool_duplicates=dup_g,
+               gs_l2=float(np.mean(nn_d)) / PM1,
+               gs_mse=float(np.mean(nn_d ** 2)) / t.shape[1] / PM1 ** 2,
+               memorization=scoring.memorization_fraction(g, t, mem_ratio))
+    return (out, nn_idx) if return_nearest else out
 
 
 def score_files(generated, train, reference='', feature_space='pixel', weights='', out='',

@@ -139,6 +139,7 @@ def draw(cfg, workdir):
     groups = {'replace': ['replace/none', 'replace/greedy', 'replace/threshold'],
               'accumulate': ['accumulate_subsample/none', 'accumulate/greedy',
                              'accumulate/threshold']}
+    space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
     for col, (paradigm, variants) in enumerate(groups.items()):
         for row, key in enumerate(('gs_mse', 'fd')):
@@ -148,9 +149,8 @@ def draw(cfg, workdir):
                 if len(g):
                     ax.plot(g, mean, marker='o', label=v)
                     ax.fill_between(g, lo, hi, alpha=0.2)
-            space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')
-            ax.set_title(f'{paradigm}: {"GS (MSE, pixels)" if key == "gs_mse" else "FD (" + space + ")"}'
-                         f', N = {hn}, band = seeds min-max', fontsize=8)
+            what = 'GS (MSE, pixels)' if key == 'gs_mse' else f'FD ({space})'
+            ax.set_title(f'{paradigm}: {what}, N = {hn}, band = seeds min-max', fontsize=8)
             ax.set_xlabel('generation')
             ax.grid(alpha=0.3)
             _legend(ax)
