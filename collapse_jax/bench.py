@@ -7,7 +7,8 @@ that is installed (requirements-bench.txt), in one run so that ratios are side b
   greedy    farthest-point selection; peer: the reference's PyTorch loop (.item() per pick)
   sampler   ancestral sampler images/s; peer: diffusers DDPMPipeline with the same UNet
   train     train-step images/s; peer: a PyTorch loop with diffusers' UNet, AdamW, clipping
-Prints a table and writes one JSON object per measurement. Times are the best of a few runs
+With UNet48 training and sampling both measured, it projects the paper-scale study's time
+(configs/study_cifar10.py, study.cost) at those rates. Prints a table and writes one JSON object per measurement. Times are the best of a few runs
 after a warm-up (compilation excluded and reported apart).
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ SIZES = {  # full: the issue's sizes; quick: a few minutes on a 2-core CPU
                           ('small', 100, 16)], train=[('UNet48', 128), ('small', 128)],
                  peer_picks=256),
     'quick': dict(knn_n=4096, greedy_n=4096, greedy_m=2048, d=3072, roofline=2048,
-                  sampler=[('small', 100, 8), ('UNet48', 20, 4)], train=[('small', 32)],
+                  sampler=[('small', 100, 8), ('UNet48', 20, 4)],
+                  train=[('small', 32), ('UNet48', 8)],
                   peer_picks=128),
 }
 
@@ -209,7 +211,7 @@ def bench_sampler(rows, preset, steps, batch, peak):
     mfu = flops * steps / s / (peak * 1e9) if peak else None
     name = f'sampler {preset} 32x32x3 steps={steps} batch={batch}'
     extra = dict(compile_s=max(first - s, 0.0), unet_gflop_per_image=flops / batch / 1e9, mfu=mfu,
-                 params=unet.count_params(model))
+                 params=unet.count_params(model), unet_evals_per_s=ips * steps)
     if not (have('torch') and have('diffusers')):
         record(rows, name, ips, 'img/s', **extra)
         return
@@ -291,6 +293,23 @@ def torch_train_step_time(preset, batch, cfg):
     return best_time(lambda: [one() for _ in range(5)], 2) / 5
 
 
+def project_study(rows, config='study_cifar10'):
+    """The paper-scale study's time on this machine (one device), from the UNet48 train and
+    sampler rates measured in this run (the fastest batch of each) and study.cost."""
+    import importlib
+    from collapse_jax import study
+    pick = lambda prefix, key: max((r[key] for r in rows if r['name'].startswith(prefix)),  # noqa
+                                   default=None)
+    train_ips, evals_ps = pick('train step UNet48', 'value'), pick('sampler UNet48',
+                                                                  'unet_evals_per_s')
+    if not (train_ips and evals_ps):
+        return None
+    c = study.cost(importlib.import_module(f'configs.{config}').get_config())
+    hours = (c['train_images'] / train_ips + c['unet_evals'] / evals_ps) / 3600
+    return record(rows, f'{config} projected, 1 device', hours, 'hours', **c,
+                  train_img_per_s=train_ips, unet_evals_per_s=evals_ps)
+
+
 # ----------------------------------------------------------------------------- entry
 
 def main(argv=None):
@@ -326,6 +345,7 @@ def main(argv=None):
     if 'train' in parts:
         for preset, batch in z['train']:
             bench_train(rows, preset, batch)
+    project_study(rows)
     files.save_jsonl(args.out, rows)
     print(f'wrote {len(rows)} measurements to {args.out}')
     return rows

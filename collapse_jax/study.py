@@ -54,6 +54,26 @@ def run_study(cfg, workdir, engine=None):
     return draw(cfg, workdir)
 
 
+def cost(cfg):
+    """The study's work: {'train_images': images through the train step, 'unet_evals': UNet
+    evaluations in the sampler} over every (N, seed) run, variant and generation. Generation 0
+    is trained and sampled once per run (a sweep shares it); accumulate:none trains on the
+    growing union. Divide by measured rates (python -m collapse_jax.bench) for a time."""
+    from collapse_jax import train
+    lp, variants = cfg.loop, cfg.study.variants.split(',')
+    evals_per_image = cfg.sample.steps * (2 if cfg.model.num_classes and cfg.sample.guidance != 1
+                                          else 1)
+    images = evals = 0
+    for n, _ in runs_of(cfg):
+        for g in range(lp.generations):
+            for item in (variants[:1] if g == 0 else variants):
+                grow = item.replace(' ', '') == 'accumulate:none'
+                size = n * (1 + g * lp.pool_factor) if grow else n
+                images += train.total_steps(cfg, size) * cfg.train.batch_size
+                evals += n * lp.pool_factor * evals_per_image
+    return dict(train_images=images, unet_evals=evals)
+
+
 def collect(cfg, workdir):
     """{(n, seed, 'paradigm/selection'): [records]} of the finished runs."""
     out = {}

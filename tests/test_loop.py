@@ -209,6 +209,16 @@ def test_experiment_configs_validate():
         assert len(variants) >= 2
     c = cfg_mnist.get_config()
     assert c.model.num_classes == 10 and c.sample.guidance == 2.0
-    from configs import cifar10_paper  # the paper's spaces need the user's weights files
-    with pytest.raises(ValueError, match="loop.feature_space='dinov2' needs features.dinov2"):
-        loop.sweep_configs(cifar10_paper.get_config(), '/unused')
+    from configs import cifar10_paper, study_cifar10, study_cpu
+    from collapse_jax import study
+    s = study_cpu.get_config()
+    assert len(study.runs_of(s)) == 4 and len(s.study.variants.split(',')) == 6
+    for n, _ in study.runs_of(s):  # every (N, seed) x variant of the CPU study is valid
+        s.data.n, s.sweep = n, s.study.variants
+        assert len(loop.sweep_configs(s, '/unused')) == 6
+    big = study_cifar10.get_config()  # the paper's schedule: epochs x N / batch fixed
+    assert big.train.steps == 500 * 32768 // 128 == 8000 * 2048 // 128
+    assert big.study.variants == s.study.variants and big.study.headline_n == 32768
+    for mod in (cifar10_paper, study_cifar10):  # the paper's spaces need the user's weights
+        with pytest.raises(ValueError, match="loop.feature_space='dinov2' needs features.dinov2"):
+            loop.sweep_configs(mod.get_config(), '/unused')

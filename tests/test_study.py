@@ -56,3 +56,16 @@ def test_one_real_study_run_end_to_end_and_headline_check(tmp_path, engine):
     bad = toy(headline=20)
     with pytest.raises(ValueError, match='study.headline_n=20 must be one of'):
         study.run_study(bad, str(tmp_path / 'bad'), engine)
+
+
+def test_cost_counts_every_training_and_sampler_call_by_hand():
+    cfg = toy(ns='16,24', seeds='0,1', headline=16, variants='replace:none,accumulate:none',
+              generations=3)
+    cfg.train.update(steps=0, epochs=2, batch_size=8)
+    # runs (16, 0), (24, 0), (16, 1); generation 0 once per run, then each variant per generation;
+    # accumulate:none trains on N (1 + 2g) images, so ceil(2 * size / 8) steps of batch 8
+    steps = {16: [4] + [4, 12] + [4, 20], 24: [6] + [6, 18] + [6, 30]}
+    assert study.cost(cfg) == dict(train_images=8 * sum(sum(steps[n]) for n in (16, 24, 16)),
+                                   unet_evals=5 * 2 * 5 * (16 + 24 + 16))
+    cfg.model.num_classes, cfg.sample.guidance = 10, 2.0  # guidance: two evaluations per step
+    assert study.cost(cfg)['unet_evals'] == 2 * 5 * 2 * 5 * (16 + 24 + 16)
