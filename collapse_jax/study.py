@@ -137,9 +137,15 @@ def draw(cfg, workdir):
         figs[name] = fig
 
     # 3: entropy against log GS across every generation and N (replace, all seeds)
-    pts = np.array([(r['train_entropy'], np.log(r['gs_mse'])) for (n, s, v), recs in runs.items()
-                    if v == base for r in recs if r.get('gs_mse', 0) > 0]).reshape(-1, 2)
-    pearson = float(np.corrcoef(pts[:, 0], pts[:, 1])[0, 1]) if len(pts) > 2 else float('nan')
+    def points(keep):
+        return np.array([(r['train_entropy'], np.log(r['gs_mse'])) for (n, s, v), recs in
+                         runs.items() if keep(v) for r in recs if r.get('gs_mse', 0) > 0]
+                        ).reshape(-1, 2)
+
+    def r_of(p):
+        return float(np.corrcoef(p[:, 0], p[:, 1])[0, 1]) if len(p) > 2 else float('nan')
+    pts, pts_all = points(lambda v: v == base), points(lambda v: True)
+    pearson = r_of(pts)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for n in ns:
         p = np.array([(r['train_entropy'], np.log(r['gs_mse'])) for (rn, s, v), recs in
@@ -203,6 +209,7 @@ def draw(cfg, workdir):
                  **{k: r.get(k) for k in KEYS}) for (n, s, v), recs in sorted(runs.items())
             for r in recs]
     results = dict(pearson_entropy_log_gs=pearson, pearson_points=int(len(pts)),
+                   pearson_all_variants=r_of(pts_all), pearson_all_points=int(len(pts_all)),
                    paper_pearson=0.91, headline_n=hn, rows=rows)
     files.save_json(os.path.join(out_dir, 'results.json'), results)
     buf = io.StringIO()

@@ -42,6 +42,9 @@ def test_draws_figures_and_results_from_finished_runs(tmp_path):
                     if r['variant'] == 'replace/none'])
     assert res['pearson_points'] == len(pts) == 9
     assert res['pearson_entropy_log_gs'] == pytest.approx(np.corrcoef(pts.T)[0, 1])
+    every = np.array([(r['train_entropy'], np.log(r['gs_mse'])) for r in rows])
+    assert res['pearson_all_points'] == 18
+    assert res['pearson_all_variants'] == pytest.approx(np.corrcoef(every.T)[0, 1])
     assert json.load(open(tmp_path / 'figures' / 'results.json'))['rows'] == json.loads(
         json.dumps(rows))
     assert (tmp_path / 'figures' / 'results.csv').read_text().count('\n') == len(rows) + 1
