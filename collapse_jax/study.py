@@ -104,6 +104,37 @@ def _spread(runs, n, variant, key):
             np.array([v.min() for v in vals]), np.array([v.max() for v in vals]))
 
 
+def table(runs, hn, groups, space):
+    """Markdown: the last generation of each variant at N = hn (mean over seeds, [min, max]),
+    and GS and entropy under replace for every N, first seed."""
+    def cell(v, key):
+        g, mean, lo, hi = _spread(runs, hn, v, key)
+        if not len(g):
+            return '', 'n/a'
+        fmt = '{:.4f}' if key in ('gs_mse', 'real_share', 'memorization') else '{:.1f}'
+        txt = fmt.format(mean[-1]) + (f' [{fmt.format(lo[-1])}, {fmt.format(hi[-1])}]'
+                                      if lo[-1] != hi[-1] else '')
+        return int(g[-1]), txt
+    seeds = sorted({s for n, s, _ in runs if n == hn})
+    out = [f'Last generation at N = {hn}, mean over seeds {seeds} [min, max]; GS is the MSE in '
+           f'pixels in [-1, 1], FD in the {space} space, entropy in nats (pixels 0-255).', '',
+           '| paradigm / selection | generation | GS (MSE) | FD | train entropy | real share '
+           '| memorization |', '|---|---|---|---|---|---|---|']
+    for v in [v for vs in groups.values() for v in vs]:
+        cells = [cell(v, k) for k in ('gs_mse', 'fd', 'train_entropy', 'real_share',
+                                      'memorization')]
+        out.append(f'| {v} | {cells[0][0]} | ' + ' | '.join(c[1] for c in cells) + ' |')
+    out += ['', 'replace / none, first seed, every N: generation 0 -> last', '',
+            '| N | GS (MSE) | train entropy | FD |', '|---|---|---|---|']
+    for (n, s, v), recs in sorted(runs.items()):
+        if v == 'replace/none' and s == min(x[1] for x in runs if x[0] == n):
+            a, b = recs[0], recs[-1]
+            out.append(f"| {n} | {a['gs_mse']:.4f} -> {b['gs_mse']:.4f} | "
+                       f"{a['train_entropy']:.1f} -> {b['train_entropy']:.1f} | "
+                       f"{a['fd']:.1f} -> {b['fd']:.1f} |")
+    return '\n'.join(out) + '\n'
+
+
 def _legend(ax):
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
@@ -205,6 +236,8 @@ def draw(cfg, workdir):
         if src and os.path.exists(src):
             shutil.copyfile(src, os.path.join(out_dir, f'nearest_{label}.png'))
 
+    files.atomic_write(os.path.join(out_dir, 'table.md'),
+                       lambda f: f.write(table(runs, hn, groups, space).encode()))
     rows = [dict(n=n, seed=s, variant=v, generation=r['generation'],
                  **{k: r.get(k) for k in KEYS}) for (n, s, v), recs in sorted(runs.items())
             for r in recs]

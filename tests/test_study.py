@@ -42,6 +42,12 @@ def test_draws_figures_and_results_from_finished_runs(tmp_path):
                     if r['variant'] == 'replace/none'])
     assert res['pearson_points'] == len(pts) == 9
     assert res['pearson_entropy_log_gs'] == pytest.approx(np.corrcoef(pts.T)[0, 1])
+    last = [r for r in rows if r['variant'] == 'replace/none' and r['n'] == 16
+            and r['generation'] == 2]
+    h = [r['train_entropy'] for r in last]  # seeds differ in entropy, not in GS or FD
+    assert len(h) == 2 and (f"| replace/none | 2 | {last[0]['gs_mse']:.4f} | {last[0]['fd']:.1f} | "
+                            f'{np.mean(h):.1f} [{min(h):.1f}, {max(h):.1f}] |'
+                            ) in (tmp_path / 'figures' / 'table.md').read_text()
     every = np.array([(r['train_entropy'], np.log(r['gs_mse'])) for r in rows])
     assert res['pearson_all_points'] == 18
     assert res['pearson_all_variants'] == pytest.approx(np.corrcoef(every.T)[0, 1])
