@@ -168,10 +168,10 @@ def draw(cfg, workdir):
         figs[name] = fig
 
     # 3: entropy against log GS across every generation and N (replace, all seeds)
-    def points(keep):
+    def points(keep):  # generation 0 is shared by a run's variants: counted once, from base
         return np.array([(r['train_entropy'], np.log(r['gs_mse'])) for (n, s, v), recs in
-                         runs.items() if keep(v) for r in recs if r.get('gs_mse', 0) > 0]
-                        ).reshape(-1, 2)
+                         runs.items() if keep(v) for r in recs if r.get('gs_mse', 0) > 0
+                         and (r['generation'] > 0 or v == base)]).reshape(-1, 2)
 
     def r_of(p):
         return float(np.corrcoef(p[:, 0], p[:, 1])[0, 1]) if len(p) > 2 else float('nan')
