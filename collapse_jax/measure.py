@@ -72,12 +72,12 @@ def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, return_near
     t, g = features.pixel(train), features.pixel(gen)
     h_t, dup_t = scoring.knn_entropy(t, k, return_duplicates=True)
     h_g, dup_g = scoring.knn_entropy(g, k, return_duplicates=True)
-    nn_idx, nn_d = scoring.nearest_train(g, t)
+    nn_idx, d = scoring.nearest_two(g, t)
     out = dict(train_entropy=h_t, train_duplicates=dup_t, pool_entropy=h_g, pool_duplicates=dup_g,
-               gs_l2=float(np.mean(nn_d)) / PM1,
-               gs_mse=float(np.mean(nn_d ** 2)) / t.shape[1] / PM1 ** 2,
-               memorization=scoring.memorization_fraction(g, t, mem_ratio))
-    return (out, nn_idx) if return_nearest else out
+               gs_l2=float(np.mean(d[:, 0])) / PM1,
+               gs_mse=float(np.mean(d[:, 0] ** 2)) / t.shape[1] / PM1 ** 2,
+               memorization=scoring.memorized_share(d, mem_ratio))
+    return (out, nn_idx[:, 0]) if return_nearest else out
 
 
 def score_files(generated, train, reference='', feature_space='pixel', weights='', out='',

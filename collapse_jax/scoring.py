@@ -179,9 +179,18 @@ def generalization_score(generated, train, metric: str = 'mse') -> float:
 def memorization_fraction(generated, train, ratio: float = 1 / 3) -> float:
     """Share of generated samples whose nearest training image is much closer than the second
     nearest: d1 / d2 < ratio (an exact copy, d1 = 0, always counts)."""
-    g, t = _flat(generated), _flat(train)
-    sq, _ = knn(g, t, k=2)
-    d = np.sqrt(np.asarray(sq, np.float64))
+    return memorized_share(nearest_two(generated, train)[1], ratio)
+
+
+def nearest_two(generated, train):
+    """Indices [n, 2] of (and L2 distances [n, 2] to) each generated sample's two nearest
+    training samples: one search serves GS, the memorization test and the nearest grid."""
+    sq, idx = knn(_flat(generated), _flat(train), k=2)
+    return np.asarray(idx), np.sqrt(np.asarray(sq, np.float64))
+
+
+def memorized_share(d, ratio: float = 1 / 3) -> float:
+    """Share of rows of nearest/second-nearest distances d [n, 2] with d1 / d2 < ratio (or d1 = 0)."""
     return float(np.mean((d[:, 0] < ratio * d[:, 1]) | (d[:, 0] == 0)))
 
 

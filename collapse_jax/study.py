@@ -26,10 +26,13 @@ KEYS = ('train_entropy', 'gs_mse', 'gs_l2', 'fd', 'precision', 'recall', 'real_s
         'memorization', 'train_entropy_feat', 'gs_mse_feat')
 
 
+def _ints(text):
+    return [int(v) for v in str(text).split(',')]
+
+
 def runs_of(cfg):
     """[(n, seed)]: every N with the first seed, and every seed at the headline N."""
-    ns = [int(v) for v in str(cfg.study.ns).split(',')]
-    seeds = [int(v) for v in str(cfg.study.seeds).split(',')]
+    ns, seeds = _ints(cfg.study.ns), _ints(cfg.study.seeds)
     out = [(n, seeds[0]) for n in ns]
     out += [(cfg.study.headline_n, s) for s in seeds[1:]]
     return out
@@ -37,7 +40,7 @@ def runs_of(cfg):
 
 def run_study(cfg, workdir, engine=None):
     """Runs (or resumes) every run of the study, then draws it. Returns the results dict."""
-    if cfg.study.headline_n not in [int(v) for v in str(cfg.study.ns).split(',')]:
+    if cfg.study.headline_n not in _ints(cfg.study.ns):
         raise ValueError(f'study.headline_n={cfg.study.headline_n} must be one of '
                          f'study.ns={cfg.study.ns!r}')
     subs = []
@@ -45,9 +48,9 @@ def run_study(cfg, workdir, engine=None):
         sub = cfg.copy_and_resolve_references()
         sub.data.n, sub.seed, sub.sweep = n, seed, cfg.study.variants
         subs.append((n, seed, sub, os.path.join(workdir, f'N{n}_seed{seed}')))
-    for _, _, sub, d in subs:  # every variant of every run validated before any work
-        loop.sweep_configs(sub, d)
-    engine = engine or loop.Engine(loop.sweep_configs(subs[0][2], subs[0][3])[0][1])
+    # every variant of every run validated before any work
+    checked = [loop.sweep_configs(sub, d) for _, _, sub, d in subs]
+    engine = engine or loop.Engine(checked[0][0][1])
     for n, seed, sub, d in subs:
         log.info('study: N=%d seed=%d -> %s', n, seed, d)
         loop.run(sub, d, engine=engine)
@@ -148,7 +151,7 @@ def draw(cfg, workdir):
     out_dir = os.path.join(workdir, 'figures')
     os.makedirs(out_dir, exist_ok=True)
     ns = sorted({k[0] for k in runs})
-    seed0 = int(str(cfg.study.seeds).split(',')[0])
+    seed0 = _ints(cfg.study.seeds)[0]
     base = 'replace/none'
     figs = {}
 
