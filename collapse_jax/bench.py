@@ -14,7 +14,6 @@ after a warm-up (compilation excluded and reported apart).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -244,11 +243,10 @@ def bench_train(rows, preset, batch):
     cfg = default.get_config()
     cfg.model.preset, cfg.train.batch_size = preset, batch
     mesh = parallel.make_mesh()
-    graphdef, params = train.build_model(cfg, 3)
+    graphdef, params = train.model_graph(cfg), train.init_params(cfg)
     tx = train.make_optimizer(cfg, 1000)
     state = train.init_state(params, tx, False)
-    step = train.make_train_step(graphdef, tx, diffusion.linear_alphas_cumprod(1000, 1e-4, 0.02),
-                                 cfg, mesh)
+    step = train.make_train_step(graphdef, tx, diffusion.alphas_cumprod(cfg), cfg, mesh)
     images = parallel.shard_batch(mesh, np.random.default_rng(0).integers(
         0, 256, (batch, 32, 32, 3), dtype=np.uint8))
     labels = parallel.shard_batch(mesh, np.zeros((batch,), np.int32))
@@ -352,5 +350,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from collapse_jax import streams
+
 EMBEDDED = ('mnist5k', 'digits')
 OFFLINE_HINT = ("sources that work offline: 'mnist5k', 'digits', a .npy file, a folder of images, "
                 'or a TFDS dataset already prepared under data.data_dir')
@@ -59,17 +61,7 @@ def _tfds(name, split, data_dir):
 
 
 def _npy(path):
-    x = np.load(path, allow_pickle=False)
-    if x.dtype != np.uint8:
-        if not np.issubdtype(x.dtype, np.floating) or x.min() < 0 or x.max() > 1:
-            raise ValueError(f'data.source={path!r}: expected uint8 images or floats in [0, 1], '
-                             f'got {x.dtype} in [{x.min()}, {x.max()}]')
-        x = np.round(x * 255).astype(np.uint8)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise ValueError(f'data.source={path!r}: expected [n, h, w] or [n, h, w, c], got {x.shape}')
-    return x, None
+    return check_images(np.load(path, allow_pickle=False), f'data.source={path!r}'), None
 
 
 def _folder(path):
@@ -132,6 +124,87 @@ def load(cfg_data):
     return conform(images, cfg_data.resolution, cfg_data.channels, cfg_data.resize), labels
 
 
+PM1 = 127.5  # uint8 pixel / PM1 - 1 lies in [-1, 1]; a [-1, 1] distance is a 0-255 one / PM1
+
+
+def to_pm1(images, xp=np):
+    """uint8 [0, 255] -> float32 [-1, 1] (xp: numpy or jax.numpy)."""
+    return xp.asarray(images).astype(xp.float32) / PM1 - 1.0
+
+
+def check_images(x, field: str) -> np.ndarray:
+    """Any array of images -> uint8 [n, h, w, c]: uint8 as is, floats in [0, 1] scaled by 255.
+    A fault raises one line naming `field` (a flag such as '--generated', or a config field)."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f'{field}: expected an array, got {type(x).__name__}')
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f'{field}: shape {x.shape}; allowed: [n, h, w] or [n, h, w, c] with '
+                         'c = 1 or 3')
+    if x.shape[0] == 0 or x.size == 0:
+        raise ValueError(f'{field}: empty array, shape {x.shape}')
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f'{field}: dtype {x.dtype}; allowed: uint8 (0-255) or float in [0, 1]')
+    bad = int(np.sum(~np.isfinite(x)))
+    if bad:
+        raise ValueError(f'{field}: {bad} NaN/inf values')
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(f'{field}: float values in [{lo:.4g}, {hi:.4g}]; allowed: [0, 1] '
+                         '(or uint8 0-255)')
+    return np.round(x.astype(np.float64) * 255).astype(np.uint8)
+
+
 def real_order(num_images: int, seed: int) -> np.ndarray:
-    """The seeded order in which real images are used: D_0 is the first N, fresh ones follow."""
-    return np.random.default_rng([seed, 12345]).permutation(num_images)
+    """The seeded order in which real images are used (streams 'real_order')."""
+    return streams.numpy_rng(seed, 'real_order').permutation(num_images)
+
+
+class RealSplit:
+    """Which real image plays which part, from one seeded order: D_0 is the first N, each
+    generation's fresh images (paradigm 'fresh') follow, and the held-out reference of the
+    Frechet distance comes after every image a run can train on."""
+
+    def __init__(self, images, labels, *, n: int, fresh_per_generation: int, generations: int,
+                 seed: int):
+        self.images, self.labels, self.n = images, labels, n
+        self.fresh_n = fresh_per_generation
+        self.order = real_order(len(images), seed)
+        self.used = n + fresh_per_generation * (generations - 1)
+
+    def _take(self, rows):
+        return self.images[rows], None if self.labels is None else self.labels[rows]
+
+    @property
+    def d0_rows(self):
+        return self.order[:self.n]
+
+    def d0(self):
+        """(images, labels) of D_0."""
+        return self._take(self.d0_rows)
+
+    def fresh_rows(self, g):
+        """Rows of the fresh real images added to D_{g+1}."""
+        return self.order[self.n + g * self.fresh_n: self.n + (g + 1) * self.fresh_n]
+
+    def held_out_rows(self, want: int):
+        """Up to `want` real rows no generation trains on; empty if the dataset has none left."""
+        return self.order[self.used:self.used + want]
+
+
+def check_config(cfg) -> None:
+    """The data section's own checks (the source itself is checked when it is read)."""
+    d = cfg.data
+    need(d.resolution > 0, f'data.resolution={d.resolution}; must be > 0')
+    need(d.n >= 2, f'data.n={d.n}; must be >= 2')
+    need(d.channels in (1, 3), f'data.channels={d.channels}; allowed: 1, 3')
+    need(d.resize in ('resize', 'pad'), f"data.resize={d.resize!r}; allowed: 'resize', 'pad'")
+
+
+def need(ok: bool, message: str) -> None:
+    """Every config check's one line: raises ValueError(message) unless ok."""
+    if not ok:
+        raise ValueError(message)

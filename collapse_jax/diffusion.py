@@ -11,15 +11,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from collapse_jax import data, parallel
+from collapse_jax.data import need
+
 
 def linear_alphas_cumprod(num_steps=1000, beta_start=1e-4, beta_end=0.02) -> np.ndarray:
     betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
     return np.cumprod(1.0 - betas)
 
 
+def alphas_cumprod(cfg) -> np.ndarray:
+    """The configured schedule (diffusion section)."""
+    f = cfg.diffusion
+    return linear_alphas_cumprod(f.num_steps, f.beta_start, f.beta_end)
+
+
 def to_model_space(images_u8):
     """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images_u8.astype(jnp.float32) / 127.5 - 1.0
+    return data.to_pm1(images_u8, jnp)
 
 
 def to_uint8(x):
@@ -51,10 +60,7 @@ def make_loss_fn(graphdef, alphas_cumprod, *, num_classes=0, label_dropout=0.0):
 def sampler_coefficients(alphas_cumprod, steps, variance='fixed_small'):
     """Per-step constants of the respaced reverse chain, as diffusers computes them."""
     num_train = len(alphas_cumprod)
-    if not 1 <= steps <= num_train:
-        raise ValueError(f'sample.steps={steps}; allowed: 1..{num_train}')
-    if variance not in ('fixed_small', 'fixed_large'):
-        raise ValueError(f"sample.variance={variance!r}; allowed: 'fixed_small', 'fixed_large'")
+    _check_sampler(steps, variance, num_train)
     ratio = num_train // steps
     ts = (np.arange(steps) * ratio)[::-1]
     a_t = alphas_cumprod[ts]
@@ -67,6 +73,26 @@ def sampler_coefficients(alphas_cumprod, steps, variance='fixed_small'):
              c_x0=np.sqrt(a_prev) * beta_t / (1 - a_t),
              c_xt=np.sqrt(a_t / a_prev) * (1 - a_prev) / (1 - a_t), std=std)
     return {k: jnp.asarray(v, jnp.int32 if k == 't' else jnp.float32) for k, v in c.items()}
+
+
+VARIANCES = ('fixed_small', 'fixed_large')
+
+
+def _check_sampler(steps, variance, num_train):
+    need(1 <= steps <= num_train, f'sample.steps={steps}; allowed: 1..{num_train}')
+    need(variance in VARIANCES, f'sample.variance={variance!r}; allowed: {", ".join(VARIANCES)}')
+
+
+def check_config(cfg) -> None:
+    """The diffusion and sample sections' own checks."""
+    f, s = cfg.diffusion, cfg.sample
+    need(f.num_steps >= 1, f'diffusion.num_steps={f.num_steps}; must be >= 1')
+    need(0 < f.beta_start < f.beta_end < 1, f'diffusion.beta_start={f.beta_start}, '
+         f'beta_end={f.beta_end}; need 0 < beta_start < beta_end < 1')
+    _check_sampler(s.steps, s.variance, f.num_steps)
+    need(s.batch_size > 0, f'sample.batch_size={s.batch_size}; must be > 0')
+    parallel.check_divisible(s.batch_size, 'sample.batch_size')
+    need(s.guidance >= 0, f'sample.guidance={s.guidance}; must be >= 0')
 
 
 def make_sampler(graphdef, alphas_cumprod, *, shape, steps=1000, clip_x0=True,

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import optax
 from flax import linen, nnx
 
-# default threshold-decay tau0 per feature space (DESIGN §2: 2000 in 0-255 pixels, 60 in features)
-DEFAULT_TAU = {'pixel': 2000.0}
+from collapse_jax.data import need, to_pm1
+
 NETWORKS = ('digits', 'inception', 'dinov2')
 SPACES = ('pixel',) + NETWORKS
 
@@ -74,20 +74,21 @@ def path_names(path) -> list:
             if not isinstance(p, jax.tree_util.GetAttrKey)]
 
 
-def load_torch_weights(model: nnx.Module, sd: dict, ignore=(), resize=None) -> None:
-    """Fills every variable of `model` from the state dict by name: our path `a.b.kernel` is
-    PyTorch's `a.b.weight` (conv OIHW -> HWIO, linear (out, in) -> (in, out)). Every tensor not in
+def torch_to_tree(tree, sd: dict, key_of=None, ignore=(), resize=None):
+    """Maps a PyTorch-layout state dict onto a pytree of arrays (an NNX state or a pure dict):
+    the tensor named `key_of(names)` fills each leaf (default: our path `a.b.kernel` is PyTorch's
+    `a.b.weight`), conv OIHW -> HWIO and linear (out, in) -> (in, out). Every tensor not in
     `ignore` (prefixes) must be used; `resize(name, array, shape)` may adapt a shape."""
-    state = nnx.state(model)
+    key_of = key_of or (lambda names: '.'.join(names[:-1] + [_LEAF.get(names[-1], names[-1])]))
     used = set()
 
     def convert(path, value):
         names = path_names(path)
-        key = '.'.join(names[:-1] + [_LEAF.get(names[-1], names[-1])])
+        key = key_of(names)
         if key not in sd:
             raise ValueError(f'weights have no tensor {key!r}')
         used.add(key)
-        w = sd[key]
+        w = np.asarray(sd[key])
         if names[-1] == 'kernel':
             w = w.transpose(2, 3, 1, 0) if w.ndim == 4 else w.T
         if w.shape != value.shape and resize is not None:
@@ -96,12 +97,18 @@ def load_torch_weights(model: nnx.Module, sd: dict, ignore=(), resize=None) -> N
             raise ValueError(f'weights {key!r}: shape {w.shape} != expected {value.shape}')
         return jnp.asarray(w, value.dtype)
 
-    nnx.update(model, jax.tree_util.tree_map_with_path(convert, state))
+    out = jax.tree_util.tree_map_with_path(convert, tree)
     left = sorted(k for k in set(sd) - used
                   if not k.startswith(tuple(ignore)) and not k.endswith('num_batches_tracked'))
     if left:
         raise ValueError(f'weights hold {len(left)} tensors this network does not use, e.g. '
                          f'{left[:3]}: is it the right file?')
+    return out
+
+
+def load_torch_weights(model: nnx.Module, sd: dict, ignore=(), resize=None) -> None:
+    """Fills every variable of `model` from a PyTorch-layout state dict (torch_to_tree)."""
+    nnx.update(model, torch_to_tree(nnx.state(model), sd, ignore=ignore, resize=resize))
 
 
 # --------------------------------------------------------------------------- Inception-v3 (FID)
@@ -254,7 +261,7 @@ class InceptionV3(nnx.Module):
     @staticmethod
     def preprocess(x):
         """uint8 [b, h, w, c] -> [-1, 1] at 299x299, bilinear like F.interpolate (upsampling)."""
-        x = jnp.asarray(x, jnp.float32) / 127.5 - 1.0
+        x = to_pm1(x, jnp)
         x = jnp.broadcast_to(x, x.shape[:3] + (3,)) if x.shape[-1] == 1 else x
         return jax.image.resize(x, (x.shape[0], 299, 299, 3), 'bilinear', antialias=False)
 
@@ -380,7 +387,7 @@ class DigitsCNN(nnx.Module):
     @classmethod
     def preprocess(cls, x):
         """uint8 [b, h, w, c] -> grey [-1, 1] at 16x16 (antialiased when shrinking)."""
-        x = jnp.asarray(x, jnp.float32) / 127.5 - 1.0
+        x = to_pm1(x, jnp)
         x = jnp.mean(x, -1, keepdims=True) if x.shape[-1] == 3 else x
         return jax.image.resize(x, (x.shape[0], cls.size, cls.size, 1), 'bilinear')
 
@@ -395,7 +402,7 @@ def train_digits_classifier(path: str, seed: int = 0, steps: int = 800, batch: i
     and saves weights plus accuracy to `path` (.npz, atomically). Returns the accuracy."""
     from collapse_jax import data, files
     x, y = data.read_source('mnist5k')
-    order = data.real_order(len(x), 12345)  # a fixed split, independent of the run's seed
+    order = data.real_order(len(x), 12345)  # a fixed split, whatever the run's seed
     x = np.asarray(DigitsCNN.preprocess(x))
     tr, te = order[:4500], order[4500:]
     model = DigitsCNN(nnx.Rngs(seed))
@@ -473,6 +480,28 @@ def check(name, weights=None):
         raise ValueError(f'feature space {name!r} needs weights: a local .safetensors/.npz/.pth '
                          f'file in the PyTorch layout (config features.{name}, or --weights with '
                          '--mode=score); nothing is downloaded')
+
+
+def check_config(cfg) -> None:
+    """The feature spaces a run uses (loop.feature_space, the score space) and their weights."""
+    need(cfg.features.batch_size > 0, f'features.batch_size={cfg.features.batch_size}; must be > 0')
+    for field, space in (('loop.feature_space', cfg.loop.feature_space),
+                         ('score.feature_space', score_space(cfg))):
+        need(space in SPACES, f'{field}={space!r}; allowed: {", ".join(SPACES)}')
+        if space in ('inception', 'dinov2'):
+            path = cfg.features[space]
+            need(path, f'{field}={space!r} needs features.{space}: a local weights file '
+                 '(.safetensors, .npz or .pth in the PyTorch layout); nothing is downloaded')
+            need(os.path.exists(path), f'features.{space}={path!r}: no such file')
+
+
+def score_space(cfg) -> str:
+    """The space of the Frechet distance and precision/recall ('' = the selection's)."""
+    return cfg.score.feature_space or cfg.loop.feature_space
+
+
+def for_config(cfg, space: str) -> 'Featurizer':
+    return get(space, cfg.features, cfg.features.batch_size)
 
 
 _CACHE = {}

@@ -44,3 +44,8 @@ def read_jsonl(path):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)

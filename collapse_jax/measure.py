@@ -8,9 +8,8 @@ import os
 
 import numpy as np
 
-from collapse_jax import features, files, scoring
-
-PM1 = 127.5  # pixels 0-255 -> [-1, 1] distances
+from collapse_jax import data, features, files, scoring
+from collapse_jax.data import PM1, need
 
 
 def load_images(path: str, name: str) -> np.ndarray:
@@ -23,31 +22,7 @@ def load_images(path: str, name: str) -> np.ndarray:
         x = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line fault
         raise ValueError(f'--{name}={path!r}: not a .npy array ({type(e).__name__})') from None
-    return check_images(x, name)
-
-
-def check_images(x, name: str) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f'--{name}: expected an array, got {type(x).__name__}')
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(f'--{name}: shape {x.shape}; allowed: [n, h, w] or [n, h, w, c] with '
-                         'c = 1 or 3')
-    if x.shape[0] == 0 or x.size == 0:
-        raise ValueError(f'--{name}: empty array, shape {x.shape}')
-    if x.dtype == np.uint8:
-        return x
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f'--{name}: dtype {x.dtype}; allowed: uint8 (0-255) or float in [0, 1]')
-    bad = int(np.sum(~np.isfinite(x)))
-    if bad:
-        raise ValueError(f'--{name}: {bad} NaN/inf values')
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(f'--{name}: float values in [{lo:.4g}, {hi:.4g}]; allowed: [0, 1] '
-                         '(or uint8 0-255)')
-    return np.round(x.astype(np.float64) * 255).astype(np.uint8)
+    return data.check_images(x, f'--{name}')
 
 
 def fd_measures(f_gen, f_ref, pr_k: int = 3) -> dict:
@@ -106,3 +81,14 @@ def score_files(generated, train, reference='', feature_space='pixel', weights='
     files.save_json(out, rec)
     print(json.dumps(rec, indent=1))
     return rec
+
+
+def check_config(cfg) -> None:
+    """The score section's own checks."""
+    sc = cfg.score
+    need(sc.k >= 1, f'score.k={sc.k}; must be >= 1')
+    need(sc.pr_k >= 1, f'score.pr_k={sc.pr_k}; must be >= 1')
+    need(0 < sc.mem_ratio <= 1, f'score.mem_ratio={sc.mem_ratio}; allowed: 0 < x <= 1')
+    need(sc.grid >= 1, f'score.grid={sc.grid}; must be >= 1')
+    need(sc.nn_pairs >= 1, f'score.nn_pairs={sc.nn_pairs}; must be >= 1')
+    need(sc.reference_n >= 0, f'score.reference_n={sc.reference_n}; must be >= 0 (0 = the pool size)')

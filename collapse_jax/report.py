@@ -13,9 +13,10 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from collapse_jax import files  # noqa: E402
+from collapse_jax import data, files, layout  # noqa: E402
 
 # (metrics key, panel title); {fd_space} / {feature_space}: the spaces the runs measured in
 CURVES = [('train_entropy', 'training-set entropy (nats, pixels 0-255)'),
@@ -68,18 +69,30 @@ def _space(runs, key='feature_space'):
     return '/'.join(spaces) or 'pixel'
 
 
+def generation_axis(ax, fontsize=7):
+    """x is the generation: integer ticks only."""
+    ax.set_xlabel('generation', fontsize=fontsize)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(path, runs):
-    """runs: {label: [metric records]} -> one panel per measure, one line per run, shared axes."""
+    """runs: {label: [metric records]} -> one panel per measure, one line per run, shared axes.
+    The *_feat panels are left out when every run selected in pixels (they would repeat the
+    pixel panels)."""
+    curves = [c for c in CURVES if not (c[0].endswith('_feat') and _space(runs) == 'pixel')]
     cols = 5
-    fig, axes = plt.subplots(-(-len(CURVES) // cols), cols, figsize=(3.6 * cols, 6.4))
-    for ax, (key, title) in zip(axes.ravel(), CURVES):
+    fig, axes = plt.subplots(-(-len(curves) // cols), cols, figsize=(3.6 * cols, 6.4),
+                             squeeze=False)
+    for ax in axes.ravel()[len(curves):]:
+        ax.set_visible(False)
+    for ax, (key, title) in zip(axes.ravel(), curves):
         for label, recs in runs.items():
             pts = [(r['generation'], r[key]) for r in recs if r.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker='o', ms=3, label=label)
         ax.set_title(title.format(fd_space=_space(runs, 'fd_space'),
                                   feature_space=_space(runs)), fontsize=7)
-        ax.set_xlabel('generation', fontsize=7)
+        generation_axis(ax)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     axes.ravel()[0].legend(fontsize=6)
@@ -89,7 +102,7 @@ def plot_curves(path, runs):
 
 def pca_axes(real):
     """Mean and top-2 principal directions of the real images (pixels in [-1, 1])."""
-    x = real.reshape(len(real), -1).astype(np.float64) / 127.5 - 1.0
+    x = data.to_pm1(real.reshape(len(real), -1)).astype(np.float64)
     mu = x.mean(0)
     _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
     return mu, vt[:2]
@@ -98,7 +111,7 @@ def pca_axes(real):
 def projection(path, real, samples, title):
     """Samples (and the real images, grey) on the real data's top-2 principal directions."""
     mu, axes = pca_axes(real)
-    proj = lambda im: (im.reshape(len(im), -1) / 127.5 - 1.0 - mu) @ axes.T  # noqa: E731
+    proj = lambda im: (data.to_pm1(im.reshape(len(im), -1)) - mu) @ axes.T  # noqa: E731
     pr, ps = proj(real), proj(samples)
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     ax.scatter(pr[:, 0], pr[:, 1], s=6, c='0.75', label='real (held out)')
@@ -118,16 +131,22 @@ def entropy_vs_gs(records, feat=False):
     ek, gk = ('train_entropy_feat', 'gs_mse_feat') if feat else ('train_entropy', 'gs_mse')
     pts = np.array([(r[ek], np.log(r[gk])) for r in records
                     if r.get(ek) is not None and r.get(gk, 0) > 0], np.float64).reshape(-1, 2)
-    r = float(np.corrcoef(pts[:, 0], pts[:, 1])[0, 1]) if len(pts) > 2 else float('nan')
-    return pts, r
+    return pts, pearson(pts)
+
+
+def pearson(pts) -> float:
+    """Pearson r of the two columns of pts [n, 2]; nan with fewer than 3 points."""
+    return float(np.corrcoef(pts[:, 0], pts[:, 1])[0, 1]) if len(pts) > 2 else float('nan')
 
 
 def plot_entropy_vs_gs(path, runs):
     """Training-set entropy against log GS, pixels and score space, with Pearson r."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    feats = (False,) if _space(runs) == 'pixel' else (False, True)
+    fig, axes = plt.subplots(1, len(feats), figsize=(4 * len(feats), 3.4), squeeze=False)
+    axes = axes[0]
     allrecs = [r for recs in runs.values() for r in recs]
     out = {}
-    for ax, feat in zip(axes, (False, True)):
+    for ax, feat in zip(axes, feats):
         for label, recs in runs.items():
             pts, _ = entropy_vs_gs(recs, feat)
             if len(pts):
@@ -141,6 +160,7 @@ def plot_entropy_vs_gs(path, runs):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
     _save_fig(path, fig)
+    out.setdefault('feat', out['pixel'])  # selection in pixels: the feature space is pixels
     return out
 
 
@@ -193,14 +213,12 @@ def _write_page(path, title, body):
     files.atomic_write(path, lambda f: f.write(page))
 
 
-def write_report(workdir):
-    """<workdir>/report.html: config, metrics table, curves, entropy vs log GS (Pearson r), and
-    per generation the sample grid, nearest-neighbour grid and PCA projection, all inlined."""
-    records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-    with open(os.path.join(workdir, 'config.json')) as f:
-        cfg = json.load(f)
-    label = f"{cfg['loop']['paradigm']}/{cfg['loop']['selection']}"
-    rs = plot_entropy_vs_gs(os.path.join(workdir, 'entropy_gs.png'), {label: records})
+def write_report(run_dir, records, cfg):
+    """<run_dir>/report.html: config, metrics table, curves, entropy vs log GS (Pearson r), and
+    per generation the sample grid, nearest-neighbour grid and PCA projection, all inlined.
+    run_dir: a layout.RunDir; cfg: the run's config as a dict."""
+    label = layout.variant_label(cfg['loop']['paradigm'], cfg['loop']['selection'])
+    rs = plot_entropy_vs_gs(run_dir.entropy_gs, {label: records})
     last = records[-1] if records else {}
     space, fd_space = last.get('feature_space', 'pixel'), last.get('fd_space', 'pixel')
     body = [f'<p>{len(records)} generation(s) of {html.escape(label)}, N = {cfg["data"]["n"]} '
@@ -210,23 +228,21 @@ def write_report(workdir):
             f'recall in the <b>{html.escape(fd_space)}</b> space, against '
             f'{html.escape(str(last.get("fd_reference", "")))}.</p>',
             '<h2>Metrics</h2>', _table(records, TABLE),
-            '<h2>Curves</h2>', _img(os.path.join(workdir, 'curves.png'), 'curves'),
+            '<h2>Curves</h2>', _img(run_dir.curves, 'curves'),
             f'<h2>Entropy against log GS</h2><p>Pearson r: pixels {rs["pixel"]:.3f}, '
             f'{html.escape(space)} {rs["feat"]:.3f} (the paper: 0.91, DINOv2 features, across '
             'generations and dataset sizes).</p>',
-            _img(os.path.join(workdir, 'entropy_gs.png'), 'entropy vs log GS')]
+            _img(run_dir.entropy_gs, 'entropy vs log GS')]
     for r in records:
-        gd = os.path.join(workdir, f'gen_{r["generation"]:03d}')
-        body += [f'<h2>Generation {r["generation"]}</h2><p>samples; generated (top) beside '
-                 'nearest training image (bottom); PCA projection</p><div class="gen">',
-                 _img(os.path.join(gd, 'samples.png'), f'samples {r["generation"]}'),
-                 _img(os.path.join(gd, 'nearest.png'), f'nearest {r["generation"]}'),
-                 _img(os.path.join(gd, 'projection.png'), f'projection {r["generation"]}'),
-                 '</div>']
+        g, gd = r['generation'], run_dir.gen(r['generation'])
+        body += [f'<h2>Generation {g}</h2><p>samples; generated (top) beside nearest training '
+                 'image (bottom); PCA projection</p><div class="gen">',
+                 _img(gd.file('samples.png'), f'samples {g}'),
+                 _img(gd.file('nearest.png'), f'nearest {g}'),
+                 _img(gd.file('projection.png'), f'projection {g}'), '</div>']
     body += ['<h2>Config</h2><pre>', html.escape(json.dumps(cfg, indent=1)), '</pre>']
-    path = os.path.join(workdir, 'report.html')
-    _write_page(path, f'collapse_jax report: {label}', ''.join(body))
-    return path
+    _write_page(run_dir.report, f'collapse_jax report: {label}', ''.join(body))
+    return run_dir.report
 
 
 def write_compare(out_dir, runs):
@@ -235,10 +251,10 @@ def write_compare(out_dir, runs):
     os.makedirs(out_dir, exist_ok=True)
     recs = {}
     for label, wd in runs.items():
-        path = os.path.join(wd, 'metrics.jsonl')
-        if not os.path.exists(path):
+        rd = layout.RunDir(wd)
+        if not os.path.exists(rd.metrics):
             raise FileNotFoundError(f'{wd}: no metrics.jsonl (not a collapse_jax run directory)')
-        recs[label] = files.read_jsonl(path)
+        recs[label] = rd.records()
     plot_curves(os.path.join(out_dir, 'compare.png'), recs)
     rs = plot_entropy_vs_gs(os.path.join(out_dir, 'entropy_gs.png'), recs)
     last = [dict(run=label, **r[-1]) for label, r in recs.items() if r]

@@ -13,6 +13,9 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from collapse_jax import streams
+from collapse_jax.data import need
+
 HIGHEST = jax.lax.Precision.HIGHEST
 SELECTIONS = ('none', 'random', 'greedy', 'threshold')
 PARADIGMS = ('replace', 'accumulate', 'accumulate_subsample', 'fresh')
@@ -153,7 +156,7 @@ def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, se
     (source, row indices); for `fresh` the caller adds the new real rows. Rows are in a shuffled
     order, so 'none' takes a random subset.
     """
-    rng = np.random.default_rng([seed, generation, 7])
+    rng = streams.numpy_rng(seed, 'candidates', generation)
     pool = f'S{generation}'
     if paradigm in ('replace', 'fresh'):
         return [(pool, rng.permutation(pool_size))]
@@ -168,3 +171,36 @@ def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, se
         return [(s, np.sort(rng.choice(size, c, replace=False)))
                 for s, size, c in zip(sources, sizes, counts)]
     raise ValueError(f'loop.paradigm={paradigm!r}; allowed: {", ".join(PARADIGMS)}')
+
+
+def keeps_all(paradigm: str, rule: str) -> bool:
+    """Whether every candidate trains the next generation, with no rule applied: the per-source
+    subsample of accumulate_subsample, and accumulate:none's growing union."""
+    return paradigm == 'accumulate_subsample' or (paradigm == 'accumulate' and rule == 'none')
+
+
+def threshold_params(paradigm: str, space: str, tau: float = 0.0, decay: float = 0.0):
+    """(tau0, alpha) of the threshold-decay filter; 0 in the config means the default:
+    tau0 = 2000 in 0-255 pixels or 60 in a feature space; alpha = 0.95 for replace and fresh,
+    0.80 for accumulate."""
+    tau = tau or (2000.0 if space == 'pixel' else 60.0)
+    decay = decay or (0.95 if paradigm in ('replace', 'fresh') else 0.80)
+    return tau, decay
+
+
+def check_config(cfg) -> None:
+    """The loop section's own checks."""
+    lp = cfg.loop
+    need(lp.paradigm in PARADIGMS, f'loop.paradigm={lp.paradigm!r}; allowed: {", ".join(PARADIGMS)}')
+    need(lp.selection in SELECTIONS,
+         f'loop.selection={lp.selection!r}; allowed: {", ".join(SELECTIONS)}')
+    need(lp.paradigm != 'accumulate_subsample' or lp.selection in ('none', 'random'),
+         f'loop.selection={lp.selection!r} with accumulate_subsample; allowed: none, random '
+         '(the per-source subsample is the selection)')
+    need(lp.pool_factor in (1, 2, 5), f'loop.pool_factor={lp.pool_factor}; allowed: 1, 2, 5')
+    need(lp.generations >= 1, f'loop.generations={lp.generations}; must be >= 1')
+    need(0 < lp.fresh_fraction < 1 or lp.paradigm != 'fresh',
+         f'loop.fresh_fraction={lp.fresh_fraction}; allowed: 0 < x < 1')
+    need(lp.tau >= 0, f'loop.tau={lp.tau}; must be >= 0 (0 = the reference value)')
+    need(lp.decay == 0 or 0 < lp.decay < 1,
+         f'loop.decay={lp.decay}; allowed: 0 (the reference value) or 0 < x < 1')

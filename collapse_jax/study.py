@@ -2,10 +2,10 @@
 
   python main.py --mode=study --config=configs/study_cpu.py --workdir=runs/study
 
-It runs every (N, seed) of `cfg.study` as a sweep of `cfg.study.variants` under
-<workdir>/N<N>_seed<s>/<paradigm>_<selection> (each resumable like any run, all sharing one
-compiled engine), then draws the figures and writes results.json + results.csv under
-<workdir>/figures. Rerunning the command skips finished work and redraws.
+It runs every (N, seed) of `cfg.study` as a sweep of `cfg.study.variants` (each resumable like any
+run, all sharing one compiled engine, each seed with its own initial weights), then draws the
+figures and writes table.md, results.json and results.csv under <workdir>/figures (layout.py has
+the directory names). Rerunning the command skips finished work and redraws.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import shutil
 
 import numpy as np
 
-from collapse_jax import files, loop, report
+from collapse_jax import files, layout, loop, report, selection
 
 log = logging.getLogger('collapse_jax')
 
@@ -47,7 +47,7 @@ def run_study(cfg, workdir, engine=None):
     for n, seed in runs_of(cfg):
         sub = cfg.copy_and_resolve_references()
         sub.data.n, sub.seed, sub.sweep = n, seed, cfg.study.variants
-        subs.append((n, seed, sub, os.path.join(workdir, f'N{n}_seed{seed}')))
+        subs.append((n, seed, sub, os.path.join(workdir, layout.study_run_dirname(n, seed))))
     # every variant of every run validated before any work
     checked = [loop.sweep_configs(sub, d) for _, _, sub, d in subs]
     engine = engine or loop.Engine(checked[0][0][1])
@@ -60,32 +60,39 @@ def run_study(cfg, workdir, engine=None):
 def cost(cfg):
     """The study's work: {'train_images': images through the train step, 'unet_evals': UNet
     evaluations in the sampler} over every (N, seed) run, variant and generation. Generation 0
-    is trained and sampled once per run (a sweep shares it); accumulate:none trains on the
-    growing union. Divide by measured rates (python -m collapse_jax.bench) for a time."""
+    is trained and sampled once per run (a sweep shares it); a variant that keeps every
+    candidate of accumulate (accumulate:none) trains on the growing union. Divide by measured
+    rates (python -m collapse_jax.bench) for a time."""
     from collapse_jax import train
-    lp, variants = cfg.loop, cfg.study.variants.split(',')
+    lp, variants = cfg.loop, layout.parse_variants(cfg.study.variants, 'study.variants')
     evals_per_image = cfg.sample.steps * (2 if cfg.model.num_classes and cfg.sample.guidance != 1
                                           else 1)
     images = evals = 0
     for n, _ in runs_of(cfg):
         for g in range(lp.generations):
-            for item in (variants[:1] if g == 0 else variants):
-                grow = item.replace(' ', '') == 'accumulate:none'
+            for paradigm, rule in (variants[:1] if g == 0 else variants):
+                grow = paradigm == 'accumulate' and selection.keeps_all(paradigm, rule)
                 size = n * (1 + g * lp.pool_factor) if grow else n
                 images += train.total_steps(cfg, size) * cfg.train.batch_size
                 evals += n * lp.pool_factor * evals_per_image
     return dict(train_images=images, unet_evals=evals)
 
 
+def variants_of(cfg):
+    """The study's variant labels, in config order."""
+    return [layout.variant_label(p, s)
+            for p, s in layout.parse_variants(cfg.study.variants, 'study.variants')]
+
+
 def collect(cfg, workdir):
     """{(n, seed, 'paradigm/selection'): [records]} of the finished runs."""
     out = {}
     for n, seed in runs_of(cfg):
-        for item in cfg.study.variants.split(','):
-            p, s = item.split(':')
-            path = os.path.join(workdir, f'N{n}_seed{seed}', f'{p}_{s}', 'metrics.jsonl')
-            if os.path.exists(path):
-                out[(n, seed, f'{p}/{s}')] = files.read_jsonl(path)
+        for p, s in layout.parse_variants(cfg.study.variants, 'study.variants'):
+            rd = layout.RunDir(os.path.join(workdir, layout.study_run_dirname(n, seed),
+                                            layout.variant_dirname(p, s)))
+            if os.path.exists(rd.metrics):
+                out[(n, seed, layout.variant_label(p, s))] = rd.records()
     return out
 
 
@@ -107,9 +114,24 @@ def _spread(runs, n, variant, key):
             np.array([v.min() for v in vals]), np.array([v.max() for v in vals]))
 
 
-def table(runs, hn, groups, space):
+def groups_of(variants):
+    """{'replace': [...], 'accumulate': [...]}: the variants that start from S_g alone (replace,
+    fresh) and those that keep earlier data (accumulate, accumulate_subsample), vanilla first."""
+    out = {}
+    for v in variants:
+        family = 'accumulate' if v.startswith('accumulate') else 'replace'
+        out.setdefault(family, []).append(v)
+    return {k: sorted(vs, key=lambda v: not v.endswith('/none')) for k, vs in out.items()}
+
+
+def baseline_of(variants):
+    """The vanilla variant the single-line figures follow: replace/none if the study runs it."""
+    return 'replace/none' if 'replace/none' in variants else variants[0]
+
+
+def table(runs, hn, groups, space, base='replace/none'):
     """Markdown: the last generation of each variant at N = hn (mean over seeds, [min, max]),
-    and GS and entropy under replace for every N, first seed."""
+    and GS and entropy of the baseline for every N, first seed."""
     def cell(v, key):
         g, mean, lo, hi = _spread(runs, hn, v, key)
         if not len(g):
@@ -127,10 +149,10 @@ def table(runs, hn, groups, space):
         cells = [cell(v, k) for k in ('gs_mse', 'fd', 'train_entropy', 'real_share',
                                       'memorization')]
         out.append(f'| {v} | {cells[0][0]} | ' + ' | '.join(c[1] for c in cells) + ' |')
-    out += ['', 'replace / none, first seed, every N: generation 0 -> last', '',
+    out += ['', f'{base}, first seed, every N: generation 0 -> last', '',
             '| N | GS (MSE) | train entropy | FD |', '|---|---|---|---|']
     for (n, s, v), recs in sorted(runs.items()):
-        if v == 'replace/none' and s == min(x[1] for x in runs if x[0] == n):
+        if v == base and s == min(x[1] for x in runs if x[0] == n):
             a, b = recs[0], recs[-1]
             out.append(f"| {n} | {a['gs_mse']:.4f} -> {b['gs_mse']:.4f} | "
                        f"{a['train_entropy']:.1f} -> {b['train_entropy']:.1f} | "
@@ -138,9 +160,105 @@ def table(runs, hn, groups, space):
     return '\n'.join(out) + '\n'
 
 
-def _legend(ax):
+def _finish(ax, title, fontsize=8):
+    ax.set_title(title, fontsize=fontsize)
+    report.generation_axis(ax, fontsize)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _by_n_figures(plt, runs, ns, seed0, base):
+    """GS and training-set entropy over generations for the baseline, one line per N."""
+    figs = {}
+    for key, title, name in [('gs_mse', 'GS (MSE, pixels in [-1, 1])', 'gs_by_n'),
+                             ('train_entropy', 'training-set entropy (nats, pixels 0-255)',
+                              'entropy_by_n')]:
+        fig, ax = plt.subplots(figsize=(4.6, 3.4))
+        for n in ns:
+            s = _series(runs.get((n, seed0, base), []), key)
+            if len(s):
+                ax.plot(s[:, 0], s[:, 1], marker='o', label=f'N = {n}')
+        _finish(ax, f'{title}, {base}')
+        figs[name] = fig
+    return figs
+
+
+def _entropy_points(runs, keep, base):
+    """(entropy, log GS) of every record of the variants `keep` accepts; generation 0 is shared by
+    a run's variants, so it is counted once, from the baseline."""
+    return np.array([(r['train_entropy'], np.log(r['gs_mse'])) for (n, s, v), recs in
+                     runs.items() if keep(v) for r in recs if r.get('gs_mse', 0) > 0
+                     and (r['generation'] > 0 or v == base)]).reshape(-1, 2)
+
+
+def _pearson_figure(plt, runs, ns, base, r):
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for n in ns:
+        p = np.array([(x['train_entropy'], np.log(x['gs_mse'])) for (rn, s, v), recs in
+                      runs.items() if v == base and rn == n for x in recs]).reshape(-1, 2)
+        ax.scatter(p[:, 0], p[:, 1], s=14, label=f'N = {n}')
+    ax.set_title(f'entropy vs log GS, {base}: Pearson r = {r:.3f} (paper: 0.91)', fontsize=8)
+    ax.set_xlabel('training-set entropy (nats)')
+    ax.set_ylabel('log GS (MSE)')
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _selection_figure(plt, runs, hn, groups, space):
+    """GS and FD over generations, each family's variants at the headline N, seed band."""
+    fig, axes = plt.subplots(2, len(groups), figsize=(4.5 * len(groups), 6.4), squeeze=False)
+    for col, (family, variants) in enumerate(groups.items()):
+        for row, key in enumerate(('gs_mse', 'fd')):
+            ax = axes[row, col]
+            for v in variants:
+                g, mean, lo, hi = _spread(runs, hn, v, key)
+                if len(g):
+                    ax.plot(g, mean, marker='o', label=v)
+                    ax.fill_between(g, lo, hi, alpha=0.2)
+            what = 'GS (MSE, pixels)' if key == 'gs_mse' else f'FD ({space})'
+            _finish(ax, f'{family}: {what}, N = {hn}, band = seeds min-max')
+    fig.tight_layout()
+    return fig
+
+
+def _real_share_figure(plt, runs, hn, variants):
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for v in variants:
+        if v.startswith('accumulate'):
+            g, mean, _, _ = _spread(runs, hn, v, 'real_share')
+            if len(g):
+                ax.plot(g, mean, marker='o', label=v)
+    _finish(ax, f'share of real images in the training set, N = {hn}')
+    return fig
+
+
+def _copy_nearest_grids(workdir, out_dir, hn, seed0, base):
+    """The baseline's nearest-neighbour grids, first and last generation (headline N)."""
+    p, s = base.split('/')
+    rd = layout.RunDir(os.path.join(workdir, layout.study_run_dirname(hn, seed0),
+                                    layout.variant_dirname(p, s)))
+    gens = rd.generations()
+    for label, g in (('first', gens[:1]), ('last', gens[-1:])):
+        src = rd.gen(g[0]).file('nearest.png') if g else ''
+        if src and os.path.exists(src):
+            shutil.copyfile(src, os.path.join(out_dir, f'nearest_{label}.png'))
+
+
+def _write_results(out_dir, runs, results):
+    rows = [dict(n=n, seed=s, variant=v, generation=r['generation'],
+                 **{k: r.get(k) for k in KEYS}) for (n, s, v), recs in sorted(runs.items())
+            for r in recs]
+    files.save_json(os.path.join(out_dir, 'results.json'), dict(results, rows=rows))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    files.atomic_write(os.path.join(out_dir, 'results.csv'),
+                       lambda f: f.write(buf.getvalue().encode()))
+    return dict(results, rows=rows)
 
 
 def draw(cfg, workdir):
@@ -150,110 +268,28 @@ def draw(cfg, workdir):
         raise FileNotFoundError(f'{workdir}: no finished study runs to draw')
     out_dir = os.path.join(workdir, 'figures')
     os.makedirs(out_dir, exist_ok=True)
-    ns = sorted({k[0] for k in runs})
-    seed0 = _ints(cfg.study.seeds)[0]
-    base = 'replace/none'
-    figs = {}
-
-    # 1-2: GS and training-set entropy over generations under replace, one line per N
-    for key, title, name in [('gs_mse', 'GS (MSE, pixels in [-1, 1]) under replace', 'gs_by_n'),
-                             ('train_entropy', 'training-set entropy (nats, pixels 0-255) under '
-                              'replace', 'entropy_by_n')]:
-        fig, ax = plt.subplots(figsize=(4.6, 3.4))
-        for n in ns:
-            s = _series(runs.get((n, seed0, base), []), key)
-            if len(s):
-                ax.plot(s[:, 0], s[:, 1], marker='o', label=f'N = {n}')
-        ax.set_xlabel('generation')
-        ax.set_title(title, fontsize=8)
-        _legend(ax)
-        ax.grid(alpha=0.3)
-        figs[name] = fig
-
-    # 3: entropy against log GS across every generation and N (replace, all seeds)
-    def points(keep):  # generation 0 is shared by a run's variants: counted once, from base
-        return np.array([(r['train_entropy'], np.log(r['gs_mse'])) for (n, s, v), recs in
-                         runs.items() if keep(v) for r in recs if r.get('gs_mse', 0) > 0
-                         and (r['generation'] > 0 or v == base)]).reshape(-1, 2)
-
-    def r_of(p):
-        return float(np.corrcoef(p[:, 0], p[:, 1])[0, 1]) if len(p) > 2 else float('nan')
-    pts, pts_all = points(lambda v: v == base), points(lambda v: True)
-    pearson = r_of(pts)
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    for n in ns:
-        p = np.array([(r['train_entropy'], np.log(r['gs_mse'])) for (rn, s, v), recs in
-                      runs.items() if v == base and rn == n for r in recs]).reshape(-1, 2)
-        ax.scatter(p[:, 0], p[:, 1], s=14, label=f'N = {n}')
-    ax.set_title(f'entropy vs log GS under replace: Pearson r = {pearson:.3f} (paper: 0.91)',
-                 fontsize=8)
-    ax.set_xlabel('training-set entropy (nats)')
-    ax.set_ylabel('log GS (MSE)')
-    _legend(ax)
-    ax.grid(alpha=0.3)
-    figs['entropy_vs_log_gs'] = fig
-
-    # 4: GS and FD over generations, vanilla vs greedy vs threshold, replace and accumulate,
-    # at the headline N with the spread over seeds
-    hn = cfg.study.headline_n
-    groups = {'replace': ['replace/none', 'replace/greedy', 'replace/threshold'],
-              'accumulate': ['accumulate_subsample/none', 'accumulate/greedy',
-                             'accumulate/threshold']}
+    ns, hn, seed0 = sorted({k[0] for k in runs}), cfg.study.headline_n, _ints(cfg.study.seeds)[0]
+    variants = variants_of(cfg)
+    base, groups = baseline_of(variants), groups_of(variants)
     space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6.4))
-    for col, (paradigm, variants) in enumerate(groups.items()):
-        for row, key in enumerate(('gs_mse', 'fd')):
-            ax = axes[row, col]
-            for v in variants:
-                g, mean, lo, hi = _spread(runs, hn, v, key)
-                if len(g):
-                    ax.plot(g, mean, marker='o', label=v)
-                    ax.fill_between(g, lo, hi, alpha=0.2)
-            what = 'GS (MSE, pixels)' if key == 'gs_mse' else f'FD ({space})'
-            ax.set_title(f'{paradigm}: {what}, N = {hn}, band = seeds min-max', fontsize=8)
-            ax.set_xlabel('generation')
-            ax.grid(alpha=0.3)
-            _legend(ax)
-    fig.tight_layout()
-    figs['selection_gs_fd'] = fig
-
-    # 5: share of real images kept, accumulate + greedy against random subsampling
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    for v in ('accumulate/greedy', 'accumulate/threshold', 'accumulate_subsample/none'):
-        g, mean, lo, hi = _spread(runs, hn, v, 'real_share')
-        if len(g):
-            ax.plot(g, mean, marker='o', label=v)
-    ax.set_title(f'share of real images in the training set, N = {hn}', fontsize=8)
-    ax.set_xlabel('generation')
-    _legend(ax)
-    ax.grid(alpha=0.3)
-    figs['real_share'] = fig
-
+    pts = _entropy_points(runs, lambda v: v == base, base)
+    pts_all = _entropy_points(runs, lambda v: True, base)
+    r = report.pearson(pts)
+    figs = _by_n_figures(plt, runs, ns, seed0, base)
+    figs['entropy_vs_log_gs'] = _pearson_figure(plt, runs, ns, base, r)
+    figs['selection_gs_fd'] = _selection_figure(plt, runs, hn, groups, space)
+    if any(v.startswith('accumulate') for v in variants):
+        figs['real_share'] = _real_share_figure(plt, runs, hn, variants)
     for name, fig in figs.items():
         report._save_fig(os.path.join(out_dir, f'{name}.png'), fig)
-    # 6: nearest-neighbour grids, first and last generation (replace, headline N, first seed)
-    d = os.path.join(workdir, f'N{hn}_seed{seed0}', 'replace_none')
-    gens = sorted(x for x in os.listdir(d) if x.startswith('gen_')) if os.path.isdir(d) else []
-    for label, g in (('first', gens[:1]), ('last', gens[-1:])):
-        src = os.path.join(d, g[0], 'nearest.png') if g else ''
-        if src and os.path.exists(src):
-            shutil.copyfile(src, os.path.join(out_dir, f'nearest_{label}.png'))
-
+    _copy_nearest_grids(workdir, out_dir, hn, seed0, base)
     files.atomic_write(os.path.join(out_dir, 'table.md'),
-                       lambda f: f.write(table(runs, hn, groups, space).encode()))
-    rows = [dict(n=n, seed=s, variant=v, generation=r['generation'],
-                 **{k: r.get(k) for k in KEYS}) for (n, s, v), recs in sorted(runs.items())
-            for r in recs]
-    results = dict(pearson_entropy_log_gs=pearson, pearson_points=int(len(pts)),
-                   pearson_all_variants=r_of(pts_all), pearson_all_points=int(len(pts_all)),
-                   paper_pearson=0.91, headline_n=hn, rows=rows)
-    files.save_json(os.path.join(out_dir, 'results.json'), results)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    files.atomic_write(os.path.join(out_dir, 'results.csv'), lambda f: f.write(buf.getvalue().encode()))
+                       lambda f: f.write(table(runs, hn, groups, space, base).encode()))
+    results = _write_results(out_dir, runs, dict(
+        pearson_entropy_log_gs=r, pearson_points=int(len(pts)),
+        pearson_all_variants=report.pearson(pts_all), pearson_all_points=int(len(pts_all)),
+        paper_pearson=0.91, headline_n=hn, baseline=base))
     log.info('study figures in %s; Pearson r (entropy, log GS) = %.3f over %d points', out_dir,
-             pearson, len(pts))
-    print(json.dumps(dict(figures=out_dir, pearson_entropy_log_gs=pearson)))
+             r, len(pts))
+    print(json.dumps(dict(figures=out_dir, pearson_entropy_log_gs=r)))
     return results

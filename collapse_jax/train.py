@@ -18,19 +18,67 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from collapse_jax import diffusion, parallel, unet
+from collapse_jax import diffusion, parallel, streams, unet
+from collapse_jax.data import need
 
 log = logging.getLogger('collapse_jax')
 
 
-def build_model(cfg, channels):
-    model = unet.make_unet(cfg.model.preset, in_channels=channels,
-                           layers_per_block=cfg.model.layers_per_block,
-                           num_classes=cfg.model.num_classes,
-                           dtype=jnp.bfloat16 if cfg.model.dtype == 'bfloat16' else None,
-                           seed=cfg.seed)
-    graphdef, state = nnx.split(model)
-    return graphdef, nnx.to_pure_dict(state)
+def _make_model(cfg, seed):
+    return unet.make_unet(cfg.model.preset, in_channels=cfg.data.channels,
+                          layers_per_block=cfg.model.layers_per_block,
+                          num_classes=cfg.model.num_classes,
+                          dtype=jnp.bfloat16 if cfg.model.dtype == 'bfloat16' else None, seed=seed)
+
+
+def model_graph(cfg):
+    """The UNet's graph, with no weights made (every run supplies its own)."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: _make_model(cfg, 0)))
+    return graphdef
+
+
+def init_params(cfg):
+    """The run's initial weights, from its own seed (streams 'init')."""
+    _, state = nnx.split(_make_model(cfg, streams.init_seed(cfg.seed)))
+    return nnx.to_pure_dict(state)
+
+
+# train fields that the compiled step does not depend on (the rest key the compiled step)
+NOT_COMPILED = ('log_every', 'ckpt_every')
+
+
+def step_signature(cfg, steps: int) -> tuple:
+    """Everything a compiled train step depends on, beyond the engine's model and diffusion."""
+    return (steps,) + tuple(sorted((k, v) for k, v in cfg.train.items() if k not in NOT_COMPILED))
+
+
+def check_config(cfg) -> None:
+    """The model and train sections' own checks."""
+    m, t = cfg.model, cfg.train
+    need(m.preset in unet.PRESETS, f'model.preset={m.preset!r}; allowed: {", ".join(unet.PRESETS)}')
+    levels = len(unet.PRESETS[m.preset]['widths'])
+    need(cfg.data.resolution % 2 ** (levels - 1) == 0,
+         f'data.resolution={cfg.data.resolution}: model.preset={m.preset} has {levels} '
+         f'levels and needs a multiple of {2 ** (levels - 1)}')
+    need(m.layers_per_block >= 1, f'model.layers_per_block={m.layers_per_block}; must be >= 1')
+    need(m.num_classes >= 0, f'model.num_classes={m.num_classes}; must be >= 0')
+    need(0 <= m.label_dropout < 1, f'model.label_dropout={m.label_dropout}; allowed: 0 <= x < 1')
+    need(m.dtype in ('float32', 'bfloat16'),
+         f"model.dtype={m.dtype!r}; allowed: 'float32', 'bfloat16'")
+    need(t.batch_size > 0, f'train.batch_size={t.batch_size}; must be > 0')
+    parallel.check_divisible(t.batch_size, 'train.batch_size')
+    need(t.steps > 0 or (t.steps == 0 and t.epochs > 0),
+         f'train.steps={t.steps}, train.epochs={t.epochs}; need steps > 0, or steps = 0 and '
+         'epochs > 0')
+    need(t.lr > 0, f'train.lr={t.lr}; must be > 0')
+    for field in ('b1', 'b2', 'ema_decay'):
+        need(0 <= t[field] < 1, f'train.{field}={t[field]}; allowed: 0 <= x < 1')
+    for field in ('eps', 'grad_clip'):
+        need(t[field] > 0, f'train.{field}={t[field]}; must be > 0')
+    for field in ('weight_decay', 'warmup_steps'):
+        need(t[field] >= 0, f'train.{field}={t[field]}; must be >= 0')
+    for field in ('log_every', 'ckpt_every'):
+        need(t[field] > 0, f'train.{field}={t[field]}; must be > 0')
 
 
 def total_steps(cfg, n: int) -> int:
@@ -88,7 +136,7 @@ def batch_indices(n: int, batch: int, step: int, seed: int, generation: int) -> 
     pos = np.arange(step * batch, (step + 1) * batch)
     out = np.empty(batch, np.int64)
     for epoch in np.unique(pos // n):
-        perm = np.random.default_rng([seed, generation, int(epoch)]).permutation(n)
+        perm = streams.numpy_rng(seed, 'batches', generation, int(epoch)).permutation(n)
         sel = pos // n == epoch
         out[sel] = perm[pos[sel] % n]
     return out
@@ -106,15 +154,15 @@ def checkpoint_manager(directory, keep: int = 1):
 
 
 def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_dir, mesh,
-                     graphdef, init_params, should_stop=lambda: False, compiled=None):
+                     graphdef, params, should_stop=lambda: False, compiled=None):
     """Trains a fresh model on `images` (uint8 [n, h, w, c]); resumes from `ckpt_dir` if a
     checkpoint is there. Returns (state, info). `should_stop()` is polled each step (preemption):
     when it turns true the state is saved and `info['stopped']` is set. `compiled` (a dict kept
-    by the caller) reuses the jitted step across generations of the same length."""
+    by the caller) reuses the jitted step across generations with the same step_signature."""
     n = images.shape[0]
     steps = total_steps(cfg, n)
     tx = make_optimizer(cfg, steps)
-    state = init_state(init_params, tx, cfg.train.ema)
+    state = init_state(params, tx, cfg.train.ema)
     state = jax.device_put(state, parallel.replicated(mesh))
     mngr = checkpoint_manager(ckpt_dir)
     start = mngr.latest_step()
@@ -123,11 +171,11 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
         log.info('generation %d: resumed training at step %d/%d', generation, start, steps)
     start = start or 0
     compiled = {} if compiled is None else compiled
-    if steps not in compiled:  # the optimizer's schedule depends on the step count
-        compiled[steps] = make_train_step(graphdef, tx, diffusion.linear_alphas_cumprod(
-            cfg.diffusion.num_steps, cfg.diffusion.beta_start, cfg.diffusion.beta_end), cfg, mesh)
-    step_fn = compiled[steps]
-    gen_key = jax.random.fold_in(jax.random.key(cfg.seed), generation)
+    sig = step_signature(cfg, steps)
+    if sig not in compiled:
+        compiled[sig] = make_train_step(graphdef, tx, diffusion.alphas_cumprod(cfg), cfg, mesh)
+    step_fn = compiled[sig]
+    gen_key = streams.jax_key(cfg.seed, 'train', generation)
     labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)
     b = cfg.train.batch_size
     losses, t0, t_log, info = [], time.time(), time.time(), dict(stopped=False)

@@ -191,26 +191,6 @@ def _diffusers_key(path) -> str:
 
 def params_from_diffusers(params, state_dict):
     """Maps a diffusers `UNet2DModel` state dict (name -> numpy array) onto our parameter pytree
-    (conv OIHW -> HWIO, linear (out, in) -> (in, out)). Every tensor must be used exactly once."""
-    used = set()
-
-    def convert(path, value):
-        names = [getattr(p, 'key', getattr(p, 'idx', p)) for p in path]
-        key = _diffusers_key(names)
-        if key not in state_dict:
-            raise KeyError(f'diffusers checkpoint has no {key}')
-        used.add(key)
-        w = jnp.asarray(state_dict[key])
-        if w.ndim == 4:
-            w = w.transpose(2, 3, 1, 0)
-        elif w.ndim == 2 and names[-1] == 'kernel':
-            w = w.T
-        if w.shape != value.shape:
-            raise ValueError(f'{key}: shape {w.shape} != ours {value.shape}')
-        return w
-
-    out = jax.tree_util.tree_map_with_path(convert, params)
-    left = set(state_dict) - used
-    if left:
-        raise ValueError(f'unused diffusers tensors: {sorted(left)[:5]}')
-    return out
+    (a pure dict); every tensor must be used exactly once."""
+    from collapse_jax.features import torch_to_tree
+    return torch_to_tree(params, state_dict, key_of=_diffusers_key)

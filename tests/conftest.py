@@ -1,12 +1,10 @@
 """Tests run the real code at tiny sizes on 4 faked CPU devices (data parallelism for real),
 with XLA's backend optimizations turned down to keep compiles short."""
 import os
-import sys
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4 '
                       '--xla_backend_optimization_level=0')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
@@ -30,5 +28,5 @@ def digits_features():
 def engine():
     """One compiled engine (tiny UNet, 8x8 digits) for every loop test a worker runs."""
     from collapse_jax import loop
-    from test_loop import tiny
+    from helpers import tiny
     return loop.Engine(tiny())

@@ -8,6 +8,7 @@ import pytest
 from collapse_jax import bench, greedy_select
 
 
+@pytest.mark.slow
 def test_bench_writes_a_record_per_measurement(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.SIZES, 'quick', dict(bench.SIZES['quick'], knn_n=300, greedy_n=200,
                                                    greedy_m=60, d=48, roofline=256, peer_picks=60))
@@ -20,7 +21,15 @@ def test_bench_writes_a_record_per_measurement(tmp_path, monkeypatch):
     for r in knn:
         if 'peer' in r:  # the peers' KL entropy agrees with ours
             assert r['entropy_abs_diff'] < 1e-3 * abs(r['entropy'])
+    # the project's own rows, peers or not: real timings, and the entropy of the benchmark's data
+    x = np.random.default_rng(0).integers(0, 256, (300, 48), dtype=np.uint8).astype(np.float32)
+    from collapse_jax import knn_entropy
+    assert knn and all(r['entropy'] == pytest.approx(knn_entropy(x), rel=1e-9) for r in knn)
     greedy = [r for r in lines if r['name'].startswith('greedy')][0]
+    assert greedy['name'] == 'greedy select 60 of 200 d=48' and greedy['unit'] == 's'
+    roof = [r for r in lines if r['name'].startswith('matmul')]
+    assert roof and all(r['value'] > 0 and r['unit'] == 'GFLOP/s' for r in roof)
+    assert all(r['value'] > 0 and r.get('compile_s', 0) >= 0 for r in lines)
     if 'peer' in greedy:
         assert greedy['picks_identical_to_exact_loop'] == greedy['picks_compared'] == 60
 

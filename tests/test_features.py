@@ -160,6 +160,7 @@ def _images(n, size=16, seed=0):
 
 # ------------------------------------------------------------------ tests
 
+@pytest.mark.slow
 def test_inception_port_matches_numpy_reference(tmp_path):
     from safetensors.numpy import save_file
     shapes = _torch_layout_shapes(nnx.eval_shape(F.InceptionV3))
@@ -179,6 +180,7 @@ def test_inception_port_matches_numpy_reference(tmp_path):
     assert err < 1e-4
 
 
+@pytest.mark.slow
 def test_dinov2_port_matches_numpy_reference(tmp_path):
     shapes = _torch_layout_shapes(nnx.eval_shape(F.DINOv2))
     sd = _random_checkpoint(shapes, 2)
@@ -239,6 +241,7 @@ def test_convert_reads_a_pytorch_pickle(tmp_path):
     np.testing.assert_array_equal(F.load_state_dict(dst)['w.weight'], [[0, 1], [2, 3]])
 
 
+@pytest.mark.slow
 def test_digits_classifier_is_accurate_and_cached(digits_features):
     f = digits_features
     print(f'digits classifier held-out accuracy: {f.info["accuracy"]:.4f}')

@@ -2,31 +2,15 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from collapse_jax import loop, selection
 from collapse_jax import train as train_lib
-from configs import default
+from helpers import crash_once, strip, tiny
 
-TIMING = ('train_s', 'sample_s', 'score_s', 'select_s')
-
-
-def tiny(**loop_fields):
-    cfg = default.get_config()
-    cfg.data.source, cfg.data.resolution, cfg.data.channels, cfg.data.n = 'digits', 8, 1, 16
-    cfg.model.preset, cfg.model.layers_per_block = 'tiny', 1
-    cfg.train.update(batch_size=8, steps=6, warmup_steps=2, lr=2e-3, log_every=3, ckpt_every=3)
-    cfg.sample.update(steps=5, batch_size=16)
-    cfg.score.update(grid=16, nn_pairs=4)
-    cfg.loop.update({'generations': 2, **loop_fields})
-    return cfg
-
-
-def strip(records):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
-
-
+@pytest.mark.slow
 def test_two_generations_end_to_end(tmp_path, engine, digits_features):
     cfg = tiny(paradigm='accumulate', selection='none')
     cfg.score.feature_space = 'digits'
@@ -62,6 +46,7 @@ def test_two_generations_end_to_end(tmp_path, engine, digits_features):
     assert 'Generation 1' in page and '<b>digits</b>' in page
 
 
+@pytest.mark.slow
 def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
     cfg = tiny(generations=2)
     cfg.sweep = 'replace:greedy,fresh:random'
@@ -69,8 +54,13 @@ def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
     real_train = train_lib.train_generation
     monkeypatch.setattr(train_lib, 'train_generation',
                         lambda *a, **k: trained.append(k['generation']) or real_train(*a, **k))
-    runs = loop.run(cfg, str(tmp_path))
+    eng = loop.Engine(cfg)
+    runs = loop.run(cfg, str(tmp_path), eng)
     assert trained == [0, 1, 1]  # generation 0 is trained once for both variants
+    # retrace guard: one compiled train step and one sampler trace served every generation
+    # and both variants
+    assert len(eng.train_steps) == 1 and [f._cache_size() for f in eng.train_steps.values()] == [1]
+    assert eng.sampler._cache_size() == 1
     g, f = runs['replace/greedy'], runs['fresh/random']
     assert g[0]['train_entropy'] == f[0]['train_entropy'] and g[0]['gs_l2'] == f[0]['gs_l2']
     assert g[1]['how_built']['rule'] == 'greedy' and f[1]['how_built']['rule'] == 'random'
@@ -91,18 +81,6 @@ def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
     assert knn_entropy(d1 * 1.0) > rand
 
 
-def crash_once(monkeypatch, owner, name, when=lambda *a, **k: True):
-    real, state = getattr(owner, name), {'done': False}
-
-    def wrapper(*a, **k):
-        if not state['done'] and when(*a, **k):
-            state['done'] = True
-            raise KeyboardInterrupt(f'injected crash in {name}')
-        return real(*a, **k)
-
-    monkeypatch.setattr(owner, name, wrapper)
-
-
 @pytest.fixture(scope='module')
 def uninterrupted(engine, tmp_path_factory):
     cfg = tiny(paradigm='replace', selection='threshold', generations=2)
@@ -110,6 +88,7 @@ def uninterrupted(engine, tmp_path_factory):
     return cfg, strip(loop.run_generations(cfg, str(workdir), engine)), workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('where', ['train', 'sample', 'score', 'select', 'metrics_write'])
 def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, engine, where,
                                                          uninterrupted):
@@ -120,7 +99,7 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
         elif where == 'sample':
             crash_once(m, loop, 'sample_pool', lambda *a: a[4] == 1)
         elif where == 'score':
-            crash_once(m, loop, 'score_generation', lambda cfg, g, *a: g == 1)
+            crash_once(m, loop.Run, 'score', lambda self, g, *a: g == 1)
         elif where == 'select':
             crash_once(m, selection, 'select')
         else:
@@ -165,6 +144,56 @@ def test_validation_names_the_field():
         loop.validate(cfg)
 
 
+@pytest.mark.slow
+def test_each_seed_trains_from_its_own_initial_weights(tmp_path, engine):
+    """A study shares one engine over seeds: seed 1 must start from seed 1's weights, exactly as
+    on an engine of its own (the old engine kept the first seed's weights for every run)."""
+    a = loop.run_generations(tiny(generations=1), str(tmp_path / 's0'), engine)
+    cfg1 = tiny(generations=1)
+    cfg1.seed = 1
+    shared = loop.run_generations(cfg1, str(tmp_path / 's1_shared'), engine)
+    own = loop.run_generations(cfg1, str(tmp_path / 's1_own'), loop.Engine(cfg1))
+    np.testing.assert_array_equal(np.load(tmp_path / 's1_shared' / 'gen_000' / 'pool.npy'),
+                                  np.load(tmp_path / 's1_own' / 'gen_000' / 'pool.npy'))
+    assert strip(shared) == strip(own) and strip(shared) != strip(a)
+
+
+def test_initial_weights_follow_the_seed_and_the_engine_holds_none():
+    cfg0, cfg1 = tiny(), tiny()
+    cfg1.seed = 1
+    p0, p0b, p1 = (train_lib.init_params(c) for c in (cfg0, cfg0, cfg1))
+    leaves = lambda p: [np.asarray(x) for x in jax.tree.leaves(p)]  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(p0), leaves(p0b)))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(p0), leaves(p1)))
+
+
+def test_engine_refuses_a_config_it_was_not_compiled_for(engine):
+    cfg = tiny()
+    cfg.seed, cfg.data.n, cfg.train.lr = 3, 24, 1e-3  # weights, data, step: the engine serves
+    engine.check(cfg)
+    cfg.sample.steps, cfg.model.layers_per_block = 7, 2
+    with pytest.raises(ValueError, match=r'model.layers_per_block, sample.steps differ'):
+        engine.check(cfg)
+
+
+@pytest.mark.slow
+def test_train_steps_are_keyed_on_every_setting_they_compile(tmp_path, engine):
+    """An engine reused with another learning rate or EMA gets another step, not the old one."""
+    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+    compiled, seen = {}, []
+    for i, fields in enumerate([{}, {'lr': 1e-3}, {'ema': True}, {'log_every': 2}]):
+        cfg = tiny()
+        cfg.train.update(steps=2, **fields)
+        state, _ = train_lib.train_generation(
+            cfg, images, None, generation=0, ckpt_dir=str(tmp_path / str(i)), mesh=engine.mesh,
+            graphdef=engine.graphdef, params=train_lib.init_params(cfg), compiled=compiled)
+        seen.append(len(compiled))
+        if fields.get('ema'):
+            assert state['ema'], 'the EMA step ran'
+    assert seen == [1, 2, 3, 3]  # log_every is not compiled in; lr and ema are
+
+
+@pytest.mark.slow
 def test_workdir_with_another_config_is_refused(tmp_path, engine):
     loop.run_generations(tiny(generations=1), str(tmp_path), engine)
     with pytest.raises(ValueError, match='loop.selection'):
@@ -174,6 +203,7 @@ def test_workdir_with_another_config_is_refused(tmp_path, engine):
     assert len(loop.run_generations(lower_lr, str(tmp_path), engine)) == 1
 
 
+@pytest.mark.slow
 def test_one_device_makes_the_same_choices_as_four(tmp_path, uninterrupted):
     import jax
     from collapse_jax import parallel
@@ -187,6 +217,7 @@ def test_one_device_makes_the_same_choices_as_four(tmp_path, uninterrupted):
                                   np.load(four_dir / 'gen_001' / 'train_index.npy'))
 
 
+@pytest.mark.slow
 def test_class_conditional_guided_loop_keeps_labels(tmp_path):
     """The CFG experiment: labels train the model, a class-balanced guided pool keeps its labels,
     and the selected D_1 carries the labels of the pool rows it took."""

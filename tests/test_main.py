@@ -17,6 +17,7 @@ def run_main(tmp_path, *overrides):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_bad_selection_is_one_line_and_nothing_is_written(tmp_path):
     p = run_main(tmp_path, '--config.sweep=replace:none,replace:best')
     assert p.returncode != 0
@@ -26,6 +27,7 @@ def test_bad_selection_is_one_line_and_nothing_is_written(tmp_path):
     assert not os.path.exists(tmp_path / 'run')  # validated before any work
 
 
+@pytest.mark.slow
 def test_misspelled_override_is_rejected(tmp_path):
     p = run_main(tmp_path, '--config.loop.selction=greedy')
     assert p.returncode != 0 and 'Did you mean "selection"' in p.stderr
@@ -33,6 +35,7 @@ def test_misspelled_override_is_rejected(tmp_path):
     assert not os.path.exists(tmp_path / 'run')
 
 
+@pytest.mark.slow
 def test_score_mode_one_line_errors_and_a_real_score(tmp_path):
     from collapse_jax import measure, scoring
     from sklearn.datasets import load_digits
@@ -70,6 +73,7 @@ def test_score_mode_one_line_errors_and_a_real_score(tmp_path):
     assert rec2['gs_l2'] == rec['gs_l2']
 
 
+@pytest.mark.slow
 def test_compare_mode_draws_several_runs(tmp_path):
     from test_report import fake_run
     for p, s in [('replace', 'none'), ('accumulate', 'greedy')]:

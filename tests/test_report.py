@@ -1,6 +1,5 @@
 """Reports: the self-contained HTML page (rendered in headless Chromium where installed), the
 cross-run comparison, the PCA projection and the entropy / log GS correlation."""
-import json
 import os
 import shutil
 import subprocess
@@ -8,41 +7,20 @@ import subprocess
 import numpy as np
 import pytest
 
-from collapse_jax import files, report
+from collapse_jax import files, layout, report
+from helpers import fake_run
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 
 
-def fake_run(workdir, paradigm, selection, seed):
-    """A run directory as the loop writes it, with made-up but plausible numbers."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(workdir, exist_ok=True)
-    files.save_json(os.path.join(workdir, 'config.json'),
-                    dict(loop=dict(paradigm=paradigm, selection=selection),
-                         data=dict(n=16, source='digits')))
-    recs = []
-    real = rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
-    for g in range(3):
-        gd = os.path.join(workdir, f'gen_{g:03d}')
-        os.makedirs(gd, exist_ok=True)
-        pool = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
-        report.sample_grid(os.path.join(gd, 'samples.png'), pool)
-        report.nn_grid(os.path.join(gd, 'nearest.png'), pool[:4], real[:4])
-        report.projection(os.path.join(gd, 'projection.png'), real, pool, f'generation {g}')
-        recs.append(dict(generation=g, train_entropy=300.0 - 40 * g + rng.normal(),
-                         gs_mse=0.2 * np.exp(-0.5 * g), gs_l2=5.0 - g, memorization=0.0,
-                         fd=10.0 + g, precision=0.5, recall=0.4 - 0.1 * g, real_share=1.0,
-                         train_entropy_feat=100.0 - 9 * g, gs_mse_feat=2.0 / (g + 1),
-                         feature_space='pixel', fd_space='digits',
-                         fd_reference='held-out real, n=32'))
-    files.save_jsonl(os.path.join(workdir, 'metrics.jsonl'), recs)
-    report.plot_curves(os.path.join(workdir, 'curves.png'), {f'{paradigm}/{selection}': recs})
-    return recs
+def write_report(workdir):
+    rd = layout.RunDir(workdir)
+    return report.write_report(rd, rd.records(), files.read_json(rd.config))
 
 
 def test_report_is_self_contained_with_every_section(tmp_path):
     recs = fake_run(str(tmp_path), 'replace', 'greedy', 0)
-    page = open(report.write_report(str(tmp_path))).read()
+    page = open(write_report(tmp_path)).read()
     assert page.count('src="data:image/png;base64,') == 3 * 3 + 2  # all inlined
     assert 'src="http' not in page and 'href="http' not in page  # nothing fetched
     for text in ('Generation 2', 'Metrics', 'Pearson r', '<b>digits</b>', '&quot;loop&quot;'):
@@ -52,6 +30,7 @@ def test_report_is_self_contained_with_every_section(tmp_path):
     assert r == pytest.approx(want[0, 1]) and f'pixels {r:.3f}' in page
 
 
+@pytest.mark.slow
 def test_compare_draws_runs_on_shared_axes(tmp_path):
     runs = {}
     for i, (p, s) in enumerate([('replace', 'none'), ('replace', 'greedy'), ('accumulate', 'none')]):
@@ -73,10 +52,11 @@ def test_projection_uses_the_real_principal_axes():
     assert axes.shape == (2, 16) and cos > 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason='needs Debian chromium (apt-get install chromium)')
 def test_report_renders_in_headless_chromium(tmp_path):
     fake_run(str(tmp_path), 'replace', 'threshold', 3)
-    page = report.write_report(str(tmp_path))
+    page = write_report(tmp_path)
     flags = [CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
              '--disable-background-networking', '--disable-component-update', '--disable-sync',
              f'--user-data-dir={tmp_path / "profile"}', '--virtual-time-budget=3000']

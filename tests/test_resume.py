@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ('train_s', 'sample_s', 'score_s', 'select_s')
 ARGS = ['--config=configs/quick_cpu.py', '--config.sweep=', '--config.loop.selection=greedy',

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from collapse_jax import study
-from test_loop import tiny
-from test_report import fake_run
+from helpers import fake_run, tiny
 
 VARIANTS = 'replace:none,accumulate:greedy'
 
@@ -26,6 +25,7 @@ def test_runs_every_size_with_the_first_seed_and_every_seed_at_the_headline_size
         (32, 0), (64, 0), (128, 0), (64, 1), (64, 2)]
 
 
+@pytest.mark.slow
 def test_draws_figures_and_results_from_finished_runs(tmp_path):
     cfg = toy()
     for n, seed in study.runs_of(cfg):
@@ -57,6 +57,7 @@ def test_draws_figures_and_results_from_finished_runs(tmp_path):
     assert (tmp_path / 'figures' / 'results.csv').read_text().count('\n') == len(rows) + 1
 
 
+@pytest.mark.slow
 def test_one_real_study_run_end_to_end_and_headline_check(tmp_path, engine):
     cfg = toy(ns='16', seeds='0', variants='replace:none,replace:greedy')
     res = study.run_study(cfg, str(tmp_path), engine)

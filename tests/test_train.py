@@ -4,17 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from collapse_jax import data, diffusion, parallel, train
-from configs import default
-
-
-def tiny_config(**train_overrides):
-    cfg = default.get_config()
-    cfg.data.resolution, cfg.data.channels = 8, 1
-    cfg.model.preset, cfg.model.layers_per_block = 'tiny', 1
-    cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_steps = 16, 2e-3, 10
-    cfg.train.log_every, cfg.train.ckpt_every = 5, 1000
-    cfg.train.update(train_overrides)
-    return cfg
+from helpers import tiny_train as tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -24,7 +14,7 @@ def digits():
 
 
 def make_step(cfg, mesh):
-    graphdef, params = train.build_model(cfg, 1)
+    graphdef, params = train.model_graph(cfg), train.init_params(cfg)
     tx = train.make_optimizer(cfg, 100)
     step = train.make_train_step(graphdef, tx, diffusion.linear_alphas_cumprod(), cfg, mesh)
     return step, params, tx
@@ -48,6 +38,7 @@ def four_device_step():
     return cfg, make_step(cfg, parallel.make_mesh())
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(digits, four_device_step):
     cfg, compiled = four_device_step
     one, l1 = run_steps(cfg, parallel.make_mesh(jax.devices()[:1]), digits[0], 3)
@@ -64,6 +55,7 @@ def test_four_devices_match_one_device(digits, four_device_step):
     assert int(four['step']) == 3 and int(four['ema_count']) == 3
 
 
+@pytest.mark.slow
 def test_loss_falls(digits, four_device_step):
     cfg, compiled = four_device_step
     _, losses = run_steps(cfg, parallel.make_mesh(), digits[0], 100, compiled)
@@ -79,11 +71,11 @@ def test_batches_cover_every_image_once_per_epoch():
 @pytest.fixture(scope='module')
 def generation_kw():
     cfg = tiny_config(steps=12, ckpt_every=4, ema=True)
-    graphdef, params = train.build_model(cfg, 1)
-    return cfg, dict(generation=1, mesh=parallel.make_mesh(), graphdef=graphdef,
-                     init_params=params, compiled={})
+    return cfg, dict(generation=1, mesh=parallel.make_mesh(), graphdef=train.model_graph(cfg),
+                     params=train.init_params(cfg), compiled={})
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(digits, tmp_path, generation_kw):
     cfg, kw = generation_kw
     full, info = train.train_generation(cfg, *digits, ckpt_dir=str(tmp_path / 'a'), **kw)
@@ -97,19 +89,21 @@ def test_interrupted_training_resumes_to_the_same_weights(digits, tmp_path, gene
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path,
                                                                    generation_kw):
     cfg, kw = generation_kw
-    real = kw['compiled'].get(12) or train.make_train_step(
+    sig = train.step_signature(cfg, 12)
+    real = kw['compiled'].get(sig) or train.make_train_step(
         kw['graphdef'], train.make_optimizer(cfg, 12), diffusion.linear_alphas_cumprod(), cfg,
         kw['mesh'])
-    kw['compiled'][12] = real
+    kw['compiled'][sig] = real
 
     def poisoned(state, x, y, key):  # the real step, with the loss turning NaN at step 6
         state, loss = real(state, x, y, key)
         return state, jnp.where(state['step'] >= 6, jnp.nan, loss)
 
-    kw = dict(kw, compiled={12: poisoned})
+    kw = dict(kw, compiled={sig: poisoned})
     with pytest.raises(FloatingPointError, match='lower --config.train.lr'):
         train.train_generation(cfg, *digits, ckpt_dir=str(tmp_path), **kw)
     assert train.checkpoint_manager(str(tmp_path)).latest_step() == 4

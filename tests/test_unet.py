@@ -1,5 +1,4 @@
 import numpy as np
-import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
@@ -12,11 +11,13 @@ from collapse_jax import unet
 UNET48_DIFFUSERS_PARAMS = 16_012_419
 
 
+@pytest.mark.slow
 def test_unet48_parameter_count_matches_diffusers():
     model = nnx.eval_shape(lambda: unet.make_unet('UNet48', in_channels=3))
     assert unet.count_params(model) == UNET48_DIFFUSERS_PARAMS
 
 
+@pytest.mark.slow
 def test_forward_shapes_and_class_conditioning():
     model = unet.make_unet('tiny', in_channels=1, layers_per_block=1, num_classes=10)
     x = jnp.ones((2, 8, 8, 1))

@@ -1,0 +1,157 @@
+"""The run directory: every path, label and generation directory, in one home.
+
+  <workdir>/
+    config.json       the resolved config (a rerun with another config is refused)
+    metrics.jsonl     one record per generation, rewritten atomically (never duplicated)
+    curves.png, entropy_gs.png, report.html
+    gen_XXX/          train_images.npy (+ train_labels/source/index.npy, selection.json): D_g
+                      ckpt/ (orbax: preemption checkpoint, then the generation's final model)
+                      times.json, pool.npy (+ pool_labels.npy): S_g as uint8, what is scored
+                      samples.png, nearest.png, projection.png
+  A sweep puts each variant in <workdir>/<paradigm>_<selection>/; a study puts each (N, seed)
+  in <workdir>/N<N>_seed<seed>/ and its figures in <workdir>/figures/.
+
+Each phase's output is written atomically and the file that marks the phase done goes last
+(train_images.npy for D_g, pool.npy for training + sampling), so a killed run resumes from the
+last finished phase.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+
+from collapse_jax import files
+
+GEN_PREFIX = 'gen_'
+
+
+def variant_label(paradigm: str, selection: str) -> str:
+    """'replace/greedy': how a variant is named in records, legends and tables."""
+    return f'{paradigm}/{selection}'
+
+
+def variant_dirname(paradigm: str, selection: str) -> str:
+    return f'{paradigm}_{selection}'
+
+
+def parse_variants(text: str, field: str = 'sweep') -> list:
+    """'replace:none, accumulate:greedy' -> [('replace', 'none'), ('accumulate', 'greedy')]."""
+    out = []
+    for item in str(text).split(','):
+        if item.count(':') != 1:
+            raise ValueError(f'{field}={text!r}: item {item!r} is not paradigm:selection')
+        out.append(tuple(x.strip() for x in item.split(':')))
+    return out
+
+
+def study_run_dirname(n: int, seed: int) -> str:
+    return f'N{n}_seed{seed}'
+
+
+@dataclasses.dataclass
+class TrainSet:
+    """D_g: images, labels (or None), source ids (-1 real, -2 fresh real, i = S_i), row index of
+    each image in its source, and how it was built (the selection's record)."""
+    images: np.ndarray
+    labels: np.ndarray | None
+    source: np.ndarray
+    index: np.ndarray
+    info: dict
+
+
+class GenDir:
+    """One generation's directory."""
+
+    def __init__(self, root, g):
+        self.g, self.path = g, os.path.join(root, f'{GEN_PREFIX}{g:03d}')
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    @property
+    def ckpt(self):
+        return os.path.abspath(self.file('ckpt'))
+
+    def has_train_set(self):
+        return os.path.exists(self.file('train_images.npy'))
+
+    def has_pool(self):
+        return os.path.exists(self.file('pool.npy'))
+
+    def save_train_set(self, ts: TrainSet):
+        """The images file goes last and marks the set complete."""
+        if ts.labels is not None:
+            files.save_npy(self.file('train_labels.npy'), ts.labels)
+        files.save_npy(self.file('train_source.npy'), ts.source)
+        files.save_npy(self.file('train_index.npy'), ts.index)
+        files.save_json(self.file('selection.json'), ts.info)
+        files.save_npy(self.file('train_images.npy'), ts.images)
+
+    def load_train_set(self) -> TrainSet:
+        def opt(name):
+            p = self.file(name)
+            return np.load(p) if os.path.exists(p) else None
+        return TrainSet(np.load(self.file('train_images.npy')), opt('train_labels.npy'),
+                        np.load(self.file('train_source.npy')), np.load(self.file('train_index.npy')),
+                        files.read_json(self.file('selection.json')))
+
+    def save_pool(self, pool, labels, times):
+        """times.json, then the labels, then pool.npy, which marks the phase done."""
+        files.save_json(self.file('times.json'), times)
+        if labels is not None:
+            files.save_npy(self.file('pool_labels.npy'), labels)
+        files.save_npy(self.file('pool.npy'), pool)
+
+    def load_pool(self):
+        lab = self.file('pool_labels.npy')
+        return np.load(self.file('pool.npy')), np.load(lab) if os.path.exists(lab) else None
+
+    def times(self) -> dict:
+        p = self.file('times.json')
+        return files.read_json(p) if os.path.exists(p) else {}
+
+
+class RunDir:
+    """One run's directory (one variant)."""
+
+    def __init__(self, root):
+        self.root = os.fspath(root)
+
+    def file(self, name):
+        return os.path.join(self.root, name)
+
+    config = property(lambda self: self.file('config.json'))
+    metrics = property(lambda self: self.file('metrics.jsonl'))
+    curves = property(lambda self: self.file('curves.png'))
+    entropy_gs = property(lambda self: self.file('entropy_gs.png'))
+    report = property(lambda self: self.file('report.html'))
+
+    def gen(self, g) -> GenDir:
+        return GenDir(self.root, g)
+
+    def generations(self) -> list:
+        """Indices of the generation directories present, ascending."""
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(int(d[len(GEN_PREFIX):]) for d in os.listdir(self.root)
+                      if d.startswith(GEN_PREFIX) and d[len(GEN_PREFIX):].isdigit())
+
+    def records(self) -> list:
+        return files.read_jsonl(self.metrics)
+
+    def copy_generation_zero_from(self, src: 'RunDir'):
+        """Generation 0 (real data, its model and pool) is the same in every variant of a sweep:
+        copy the finished pool instead of training it again. pool.npy is renamed last."""
+        s, d = src.gen(0), self.gen(0)
+        if not s.has_pool() or d.has_pool():
+            return
+        os.makedirs(d.path, exist_ok=True)
+        names = [n for n in sorted(os.listdir(s.path))
+                 if n.startswith(('train_', 'pool', 'selection.json', 'times.json'))]
+        for name in names:
+            shutil.copyfile(s.file(name), d.file('.tmp-' + name))
+        for name in sorted(names, key=lambda n: n == 'pool.npy'):
+            os.replace(d.file('.tmp-' + name), d.file(name))

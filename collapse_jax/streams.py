@@ -1,0 +1,56 @@
+"""Every random stream of a run, by name: the one place that says where randomness comes from.
+
+  numpy_rng(seed, name, *index) -> np.random.Generator   host-side choices (orders, subsets)
+  jax_key(seed, name, *index)   -> jax.random.key         device-side noise (training, sampling)
+
+| name        | index               | drives                                                   |
+|-------------|---------------------|----------------------------------------------------------|
+| real_order  | ()                  | the order real images are used in: D_0, fresh, held out   |
+| batches     | (generation, epoch) | the epoch's permutation of D_g (train.batch_indices)      |
+| candidates  | (generation,)       | the shuffled candidate rows for D_{g+1} (paradigms)       |
+| selection   | (generation,)       | the selection rule's own seed (random, greedy start, ...) |
+| init        | ()                  | the UNet's initial weights (nnx.Rngs)                      |
+| train       | (generation,)       | a generation's training key; the step is folded in after  |
+| sample      | (generation,)       | a generation's sampling key; the batch is folded in after |
+
+Every stream starts from the run's own `seed`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_NUMPY_SALT = {'real_order': 12345, 'batches': None, 'candidates': 7, 'selection': 99}
+_JAX_ROOT = {'train': 0, 'sample': 1}  # added to the seed
+_INDEX = {'real_order': 0, 'batches': 2, 'candidates': 1, 'selection': 1, 'train': 1, 'sample': 1}
+
+
+def _check(name, table, index):
+    if name not in table:
+        raise ValueError(f'random stream {name!r}; allowed: {", ".join(table)}')
+    if len(index) != _INDEX[name]:
+        raise ValueError(f'random stream {name!r} takes {_INDEX[name]} indices, got {index}')
+
+
+def numpy_rng(seed: int, name: str, *index: int) -> np.random.Generator:
+    _check(name, _NUMPY_SALT, index)
+    salt = _NUMPY_SALT[name]
+    return np.random.default_rng([int(seed), *map(int, index)] + ([] if salt is None else [salt]))
+
+
+def numpy_seed(seed: int, name: str, *index: int) -> int:
+    """An int seed drawn from the stream, for APIs that take one (selection rules)."""
+    return int(numpy_rng(seed, name, *index).integers(2 ** 31))
+
+
+def init_seed(seed: int) -> int:
+    """The seed of the UNet's initial weights (nnx.Rngs): the run's own seed."""
+    return int(seed)
+
+
+def jax_key(seed: int, name: str, *index: int):
+    import jax  # here, so that host-only modules (data) can name their streams without JAX
+    _check(name, _JAX_ROOT, index)
+    key = jax.random.key(int(seed) + _JAX_ROOT[name])
+    for i in index:
+        key = jax.random.fold_in(key, int(i))
+    return key
