@@ -14,7 +14,6 @@ after a warm-up (compilation excluded and reported apart).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -92,14 +91,6 @@ def bench_roofline(rows, size):
 
 # ----------------------------------------------------------------------------- kNN entropy
 
-def kl_entropy_from_distances(eps, d, k=1):
-    """The reference's formula from k-th neighbour distances (float64)."""
-    from scipy.special import digamma, gammaln
-    n = len(eps)
-    log_cd = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1)
-    return float(digamma(n) - digamma(k) + log_cd + d * np.mean(np.log(eps)))
-
-
 def bench_knn(rows, n, d, matmul_rate):
     x = np.random.default_rng(0).integers(0, 256, (n, d), dtype=np.uint8).astype(np.float32)
     t0 = time.perf_counter()
@@ -115,7 +106,8 @@ def bench_knn(rows, n, d, matmul_rate):
         from sklearn.neighbors import NearestNeighbors
         t0 = time.perf_counter()
         dist, _ = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
-        peers['sklearn'] = (time.perf_counter() - t0, kl_entropy_from_distances(dist[:, 1], d))
+        peers['sklearn'] = (time.perf_counter() - t0,
+                            scoring.entropy_from_distances(dist[:, 1], d))
     if have('faiss'):
         import faiss
 
@@ -125,7 +117,8 @@ def bench_knn(rows, n, d, matmul_rate):
             return index.search(x, 2)[0]
         dist = run_faiss()
         peers['faiss'] = (best_time(run_faiss, 2),
-                          kl_entropy_from_distances(np.sqrt(np.maximum(dist[:, 1], 0)), d))
+                          scoring.entropy_from_distances(np.sqrt(np.maximum(dist[:, 1], 0)),
+                                                         d))
     name = f'knn entropy n={n} d={d} k=1'
     if not peers:
         record(rows, name, s, 's', higher_is_better=False, entropy=h, compile_s=max(first - s, 0.0))

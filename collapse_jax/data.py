@@ -165,8 +165,8 @@ def real_order(num_images: int, seed: int) -> np.ndarray:
 
 class RealSplit:
     """Which real image plays which part, from one seeded order: D_0 is the first N, each
-    generation's fresh images (paradigm 'fresh') follow, and the held-out reference of the
-    Frechet distance comes after every image a run can train on."""
+    generation's fresh images (paradigm 'fresh') follow; after every image a run can train on
+    come the held-out parts (`held_out`), never trained on."""
 
     def __init__(self, images, labels, *, n: int, fresh_per_generation: int, generations: int,
                  seed: int):
@@ -190,9 +190,14 @@ class RealSplit:
         """Rows of the fresh real images added to D_{g+1}."""
         return self.order[self.n + g * self.fresh_n: self.n + (g + 1) * self.fresh_n]
 
-    def held_out_rows(self, want: int):
-        """Up to `want` real rows no generation trains on; empty if the dataset has none left."""
-        return self.order[self.used:self.used + want]
+    def held_out(self, **sizes) -> dict:
+        """{part: rows}: consecutive, disjoint held-out parts in the order given, each cut to what
+        the dataset has left (possibly empty)."""
+        out, start = {}, self.used
+        for name, size in sizes.items():
+            out[name] = self.order[start:start + size]
+            start += len(out[name])
+        return out
 
 
 def check_config(cfg) -> None:

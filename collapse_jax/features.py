@@ -392,6 +392,13 @@ class DigitsCNN(nnx.Module):
         return jax.image.resize(x, (x.shape[0], cls.size, cls.size, 1), 'bilinear')
 
 
+class DigitsProbabilities(DigitsCNN):
+    """The same classifier, returning its class probabilities (for `recognizable`)."""
+
+    def __call__(self, x):
+        return jax.nn.softmax(self.head(self.features(x)), axis=-1)
+
+
 def cache_dir() -> str:
     return os.environ.get('COLLAPSE_JAX_CACHE') or os.path.join(
         os.path.expanduser('~'), '.cache', 'collapse_jax')
@@ -432,13 +439,13 @@ def train_digits_classifier(path: str, seed: int = 0, steps: int = 800, batch: i
     return acc
 
 
-def digits_classifier(path: str = ''):
+def digits_classifier(path: str = '', cls=DigitsCNN):
     """The cached classifier (trained on first use): (model, held-out accuracy)."""
     path = path or os.path.join(cache_dir(), 'digits_cnn.npz')
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         train_digits_classifier(path)
-    model = DigitsCNN()
+    model = cls()
     with np.load(path) as z:
         acc = float(z['accuracy'])
         flat = {k: v for k, v in z.items() if k != 'accuracy'}
@@ -530,6 +537,16 @@ def get(name: str, weights=None, batch_size: int = 64) -> Featurizer:
         f = Featurizer(name, model, batch_size, dict(weights=path))
     _CACHE[key] = f
     return f
+
+
+def recognizable(images, weights=None, batch_size: int = 64, threshold: float = 0.9) -> float:
+    """Share of images the digits classifier labels with probability >= threshold: a sample a
+    reader would call a digit, whatever its class."""
+    key = ('digits_probabilities', (weights or {}).get('digits', ''), batch_size)
+    if key not in _CACHE:
+        model, acc = digits_classifier(key[1], DigitsProbabilities)
+        _CACHE[key] = Featurizer('digits_probabilities', model, batch_size, dict(accuracy=acc))
+    return float(np.mean(_CACHE[key](images).max(-1) >= threshold))
 
 
 def convert(src: str, dst: str) -> None:

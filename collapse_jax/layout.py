@@ -7,6 +7,7 @@
     gen_XXX/          train_images.npy (+ train_labels/source/index.npy, selection.json): D_g
                       ckpt/ (orbax: preemption checkpoint, then the generation's final model)
                       times.json, pool.npy (+ pool_labels.npy): S_g as uint8, what is scored
+                      eval.npy: E_g, the evaluation sample (FD, recognizable, copy_z's mirror)
                       samples.png, nearest.png, projection.png
   A sweep puts each variant in <workdir>/<paradigm>_<selection>/; a study puts each (N, seed)
   in <workdir>/N<N>_seed<seed>/ and its figures in <workdir>/figures/.
@@ -98,12 +99,19 @@ class GenDir:
                         np.load(self.file('train_source.npy')), np.load(self.file('train_index.npy')),
                         files.read_json(self.file('selection.json')))
 
-    def save_pool(self, pool, labels, times):
-        """times.json, then the labels, then pool.npy, which marks the phase done."""
+    def save_pool(self, pool, labels, times, eval_sample=None):
+        """times.json, the labels and the evaluation sample, then pool.npy, which marks the
+        phase done."""
         files.save_json(self.file('times.json'), times)
         if labels is not None:
             files.save_npy(self.file('pool_labels.npy'), labels)
+        if eval_sample is not None:
+            files.save_npy(self.file('eval.npy'), eval_sample)
         files.save_npy(self.file('pool.npy'), pool)
+
+    def load_eval(self):
+        p = self.file('eval.npy')
+        return np.load(p) if os.path.exists(p) else None
 
     def load_pool(self):
         lab = self.file('pool_labels.npy')
@@ -150,7 +158,7 @@ class RunDir:
             return
         os.makedirs(d.path, exist_ok=True)
         names = [n for n in sorted(os.listdir(s.path))
-                 if n.startswith(('train_', 'pool', 'selection.json', 'times.json'))]
+                 if n.startswith(('train_', 'pool', 'eval', 'selection.json', 'times.json'))]
         for name in names:
             shutil.copyfile(s.file(name), d.file('.tmp-' + name))
         for name in sorted(names, key=lambda n: n == 'pool.npy'):

@@ -19,7 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from collapse_jax import (data, diffusion, features, files, layout, measure, parallel, report,
-                          selection, streams)
+                          scoring, selection, streams)
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
 
@@ -181,18 +181,30 @@ class Run:
                                    generations=cfg.loop.generations)
         self.featurize = features.for_config(cfg, cfg.loop.feature_space)
         self.scorer = features.for_config(cfg, features.score_space(cfg))
-        self.reference = self._reference()
         self.writer = jax.process_index() == 0
-        self._pools = {}  # generation -> (pool, labels), filled as pools are made or read
+        self._pools, self._evals = {}, {}  # generation -> S_g (images, labels) / E_g images
+        # held-out real images, never trained on: the FD reference (as many as the evaluation
+        # sample), a second set of that size for the FD's noise floor, and N for copy_z's
+        # held-out set at generation 0 (and the real part of later mirrors)
+        size = cfg.score.eval_n or cfg.data.n * cfg.loop.pool_factor
+        parts = self.real.held_out(reference=size, floor=size, mirror=cfg.data.n)
+        self.reference = self._reference(parts['reference'])
+        self.floor_images = self.real.images[parts['floor']] if len(parts['floor']) == len(
+            parts['reference']) else None
+        self.mirror_real = self.real.images[parts['mirror']]
+        self._cache = {}  # per-run constants: reference features, FD floor, copy threshold
 
-    def _reference(self):
-        """Real images never used for training, the reference of the Frechet distance and
-        precision/recall; D_0 itself only if the dataset has none left."""
-        want = self.cfg.score.reference_n or self.cfg.data.n * self.cfg.loop.pool_factor
-        rows = self.real.held_out_rows(want)
+    def _reference(self, rows):
+        """The reference of the Frechet distance and precision/recall; D_0 itself only if the
+        dataset has no held-out images left."""
         if len(rows) < 2:
             return dict(images=self.real.d0()[0], name='D_0 (no held-out real images left)')
         return dict(images=self.real.images[rows], name=f'held-out real, n={len(rows)}')
+
+    def _once(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
 
     def first_training_set(self) -> layout.TrainSet:
         images, labels = self.real.d0()
@@ -237,6 +249,12 @@ class Run:
             self._pools[g] = self.dir.gen(g).load_pool()
         return self._pools[g]
 
+    def eval_sample(self, g):
+        """E_g (uint8), the evaluation sample drawn apart from the pool; None if eval_n = 0."""
+        if g not in self._evals:
+            self._evals[g] = self.dir.gen(g).load_eval()
+        return self._evals[g]
+
     def train_and_sample(self, g, d_g: layout.TrainSet, should_stop=lambda: False):
         """Trains generation g's model (resuming its checkpoint) and samples its pool. Returns
         the phase's times, or None if stopped by SIGTERM."""
@@ -249,11 +267,14 @@ class Run:
             return None
         times = dict(train_s=time.time() - t0, final_loss=info['final_loss'], steps=info['steps'])
         t0 = time.time()
-        self._pools[g] = sample_pool(cfg, self.engine, state['ema'] if cfg.train.ema
-                                     else state['params'], cfg.data.n * cfg.loop.pool_factor, g)
+        params = state['ema'] if cfg.train.ema else state['params']
+        self._pools[g] = sample_pool(cfg, self.engine, params, cfg.data.n * cfg.loop.pool_factor, g)
         times['sample_s'] = time.time() - t0
+        self._evals[g] = sample_pool(cfg, self.engine, params, cfg.score.eval_n, g, 'eval')[0] \
+            if cfg.score.eval_n else None
+        times['eval_sample_s'] = time.time() - t0 - times['sample_s']
         if self.writer:
-            gd.save_pool(*self._pools[g], times)
+            gd.save_pool(*self._pools[g], times, self._evals[g])
         _barrier(f'pool {g}')
         return times
 
@@ -265,24 +286,31 @@ class Run:
             report.plot_curves(self.dir.curves, {self.label: records})
             report.write_report(self.dir, records, self.cfg.to_dict())
         log.info('generation %d: %s', rec['generation'], json.dumps(
-            {k: rec[k] for k in ('train_entropy', 'gs_l2', 'memorization', 'fd', 'precision',
-                                 'recall')}))
+            {k: rec.get(k) for k in ('train_entropy', 'gs_l2', 'gs_ratio', 'memorization',
+                                     'memorization_calibrated', 'copy_z', 'fd', 'fd_floor',
+                                     'recognizable')}))
         return records
 
     def score(self, g, d_g: layout.TrainSet, pool, times: dict) -> dict:
-        """The generation's record: D_g's entropy, S_g's GS and memorization against D_g, in
-        pixels (entropy: 0-255, nats; GS and variance: [-1, 1]) and in the selection's feature
-        space, plus the Frechet distance and precision/recall of S_g against held-out real
-        images in the score space (score.feature_space)."""
+        """The generation's record. Pixels (entropy: nats, 0-255; GS, variance: [-1, 1]): D_g's
+        entropy, S_g's GS, gs_ratio, memorization (ratio test and calibrated), copy_z against a
+        held-out set from D_g's own distribution, effective dimension and intensity. In the
+        selection's feature space: entropy and GS. In the score space: FD (beside its floor) and
+        precision/recall of the evaluation sample E_g (or S_g) against held-out real images,
+        and the share of recognizable digits."""
         cfg, t0 = self.cfg, time.time()
+        thr = self._once('copy_threshold', lambda: measure.copy_threshold(
+            self.real.d0()[0], self.mirror_real, cfg.score.mem_ratio)
+            if len(self.mirror_real) else None)
         px, nn_idx = measure.pixel_measures(d_g.images, pool, cfg.score.k, cfg.score.mem_ratio,
-                                            return_nearest=True)
-        fz, sc = self.featurize, self.scorer
+                                            copy_threshold=thr, return_nearest=True)
+        fz = self.featurize
         rec = dict(
             generation=g, paradigm=cfg.loop.paradigm, selection=cfg.loop.selection,
-            feature_space=fz.name, fd_space=sc.name,
-            units=f'entropy: nats, pixels in [0, 255]; gs/variance: pixels in [-1, 1]; *_feat: '
-                  f'{fz.name} features; fd, precision, recall: {sc.name} features',
+            feature_space=fz.name, fd_space=self.scorer.name,
+            units=f'entropy: nats, pixels in [0, 255]; gs/variance: pixels in [-1, 1]; '
+                  f'mean_intensity, copy_threshold: 0-255; *_feat: {fz.name} features; fd, '
+                  f'precision, recall: {self.scorer.name} features',
             n_train=int(len(d_g.images)), n_pool=int(len(pool)), **px,
             pool_variance=pixel_variance(pool), train_variance=pixel_variance(d_g.images),
             real_share=float(np.mean(d_g.source < 0)),
@@ -290,20 +318,52 @@ class Run:
             select_s=d_g.info.get('select_s'),
             sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
                          variance=cfg.sample.variance, guidance=cfg.sample.guidance))
-        if 'feats' not in self.reference:
-            self.reference['feats'] = sc(self.reference['images'])
-        f_pool = sc(pool)
-        rec.update(measure.fd_measures(f_pool, self.reference['feats'], cfg.score.pr_k),
-                   fd_reference=self.reference['name'],
-                   feature_info={fz.name: fz.info, sc.name: sc.info})
-        if fz is not sc:
-            f_pool = fz(pool)
+        rec.update(self._copy_z(g, d_g, pool))
+        rec.update(self._fidelity(g, pool))
+        f_pool = fz(pool)
         rec.update(measure.space_measures(fz(d_g.images), f_pool, cfg.score.k))
         if self.writer:
             self._draw(g, d_g, pool, nn_idx)
         rec['score_s'] = time.time() - t0
         rec.update(times)
         return rec
+
+    def _fidelity(self, g, pool) -> dict:
+        """FD and precision/recall of E_g (or S_g when eval_n = 0) against the held-out
+        reference, the FD between two real sets of the same size (its noise floor), and the
+        share of samples (and of real digits) the digits classifier labels with p >= 0.9."""
+        sc, sample = self.scorer, self.eval_sample(g)
+        sample = pool if sample is None else sample
+        ref = self._once('reference_feats', lambda: sc(self.reference['images']))
+        out = measure.fd_measures(sc(sample), ref, self.cfg.score.pr_k)
+        out.update(fd_reference=self.reference['name'], feature_info={
+            self.featurize.name: self.featurize.info, sc.name: sc.info},
+            fd_sample='evaluation sample E_g' if self.cfg.score.eval_n else 'pool S_g',
+            fd_floor=self._once('fd_floor', lambda: None if self.floor_images is None else
+                                scoring.frechet_distance(sc(self.floor_images), ref)))
+        if self.cfg.data.channels == 1:
+            out['recognizable'] = features.recognizable(sample, self.cfg.features)
+            out['recognizable_real'] = self._once('recognizable_real', lambda: features.recognizable(
+                self.reference['images'], self.cfg.features))
+        return out
+
+    def _copy_z(self, g, d_g, pool) -> dict:
+        """copy_z: the data-copying Z of S_g against D_g, with a held-out set H_g drawn from D_g's
+        own distribution: held-out real images at generation 0; later, the paradigm and rule
+        applied to independent draws (the evaluation samples E_i, held-out real for D_0)."""
+        if g == 0:
+            held, what = self.mirror_real, f'held-out real, n={len(self.mirror_real)}'
+        elif not self.cfg.score.eval_n:
+            return dict(copy_z=None, copy_z_heldout='none (score.eval_n = 0)')
+        else:
+            held = self.select(g - 1, mirror=True).images
+            what = (f'{self.label} applied to independent samples (E_i, held-out real for D_0), '
+                    f'n={len(held)}')
+        if len(held) < 2:
+            return dict(copy_z=None, copy_z_heldout='none (no held-out images left)')
+        z = scoring.data_copying_z(features.pixel(pool), features.pixel(d_g.images),
+                                   features.pixel(held))
+        return dict(copy_z=z, copy_z_heldout=what)
 
     def _draw(self, g, d_g, pool, nn_idx):
         gd, k = self.dir.gen(g), min(self.cfg.score.nn_pairs, len(pool))
@@ -312,45 +372,67 @@ class Run:
         report.projection(gd.file('projection.png'), self.reference['images'], pool,
                           f"generation {g}: samples on the real data's top-2 principal axes")
 
-    def _candidates(self, g) -> layout.TrainSet:
-        """The paradigm's candidates for D_{g+1}, in a shuffled order."""
+    def _mirror_sizes(self):
+        """(n, pool size) of the mirror: the run's pool_factor, scaled to E_i's size; capped by
+        the held-out real images where the paradigm needs real ones."""
         cfg = self.cfg
-        d0 = self.first_training_set()
+        n = max(2, round(cfg.data.n * cfg.score.eval_n / (cfg.data.n * cfg.loop.pool_factor)))
+        if cfg.loop.paradigm.startswith('accumulate'):
+            n = min(n, len(self.mirror_real))
+        return n, min(cfg.score.eval_n, n * cfg.loop.pool_factor)
+
+    def _candidates(self, g, mirror=False) -> layout.TrainSet:
+        """The paradigm's candidates for D_{g+1}, in a shuffled order. mirror: the same built from
+        independent draws (E_i for S_i, held-out real for D_0)."""
+        cfg = self.cfg
+        if mirror:
+            n, size = self._mirror_sizes()
+            real = (self.mirror_real[:n], None)
+            rng = streams.numpy_rng(cfg.seed, 'mirror', g)
+        else:
+            n, size, real = cfg.data.n, cfg.data.n * cfg.loop.pool_factor, self.real.d0()
+            rng = streams.numpy_rng(cfg.seed, 'candidates', g)
 
         def source(name):
-            return (d0.images, d0.labels) if name == 'real' else self.pool(int(name[1:]))
-        cands = selection.candidate_sources(cfg.loop.paradigm, g, cfg.data.n,
-                                            cfg.data.n * cfg.loop.pool_factor, cfg.seed)
-        labels = None if cfg.model.num_classes == 0 else np.concatenate(
+            if name == 'real':
+                return real
+            return (self.eval_sample(int(name[1:])), None) if mirror else self.pool(int(name[1:]))
+        cands = selection.candidate_sources(cfg.loop.paradigm, g, n, size, rng)
+        labels = None if cfg.model.num_classes == 0 or mirror else np.concatenate(
             [source(s)[1][rows] for s, rows in cands])
         return layout.TrainSet(
             np.concatenate([source(s)[0][rows] for s, rows in cands]), labels,
             np.concatenate([np.full(len(rows), -1 if s == 'real' else int(s[1:]), np.int16)
                             for s, rows in cands]),
-            np.concatenate([rows for _, rows in cands]), {})
+            np.concatenate([rows for _, rows in cands]), dict(n=n))
 
-    def select(self, g) -> layout.TrainSet:
+    def select(self, g, mirror=False) -> layout.TrainSet:
         """D_{g+1} from the paradigm's candidates and the selection rule (plus fresh real
-        images under 'fresh')."""
+        images under 'fresh'). mirror: the same rule on independent draws (copy_z's H_{g+1})."""
         cfg, lp, t0 = self.cfg, self.cfg.loop, time.time()
-        c = self._candidates(g)
-        want = cfg.data.n - self.real.fresh_n
+        c = self._candidates(g, mirror)
+        fresh_n = round(lp.fresh_fraction * c.info['n']) if self.real.fresh_n else 0
+        want = c.info['n'] - fresh_n
         info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(c.images)))
         if not selection.keeps_all(lp.paradigm, lp.selection):
             need(len(c.images) >= want, f'loop.pool_factor={lp.pool_factor}: '
                  f'{len(c.images)} candidates cannot yield {want} images')
             tau, decay = selection.threshold_params(lp.paradigm, lp.feature_space, lp.tau,
                                                     lp.decay)
+            seed = streams.numpy_seed(cfg.seed, 'mirror' if mirror else 'selection', g)
             pick, extra = selection.select(lp.selection, self.featurize(c.images), want,
-                                           seed=streams.numpy_seed(cfg.seed, 'selection', g),
-                                           tau=tau, decay=decay)
+                                           seed=seed, tau=tau, decay=decay)
             info.update(extra)
             c = layout.TrainSet(c.images[pick], None if c.labels is None else c.labels[pick],
                                 c.source[pick], c.index[pick], {})
-        if self.real.fresh_n:
-            rows = self.real.fresh_rows(g)
+        if fresh_n:
+            if mirror:  # held-out real beyond the part that stands in for D_0
+                rows, images = np.arange(fresh_n), self.mirror_real[-fresh_n:]
+            else:
+                rows = self.real.fresh_rows(g)
+                images = self.real.images[rows]
             c = layout.TrainSet(
-                np.concatenate([c.images, self.real.images[rows]]),
+                np.concatenate([c.images, images]),
                 None if c.labels is None else np.concatenate([c.labels, self.real.labels[rows]]),
                 np.concatenate([c.source, np.full(len(rows), -2, np.int16)]),  # -2: fresh real
                 np.concatenate([c.index, rows]), {})
@@ -363,12 +445,12 @@ def pixel_variance(images) -> float:
     return float(np.sum(np.var(features.pixel(images) / data.PM1, axis=0)))
 
 
-def sample_pool(cfg, engine, params, count, generation):
+def sample_pool(cfg, engine, params, count, generation, stream='sample'):
     """count uint8 images from fixed-shape batches (the last one trimmed), one compiled sampler
-    for all. Batch b uses fold_in(streams 'sample' of the generation, b). Returns (images,
-    labels or None)."""
+    for all. Batch b uses fold_in(the generation's `stream` key, b). Returns (images, labels or
+    None)."""
     b, mesh = cfg.sample.batch_size, engine.mesh
-    key = streams.jax_key(cfg.seed, 'sample', generation)
+    key = streams.jax_key(cfg.seed, stream, generation)
     labels = (np.arange(count) % cfg.model.num_classes).astype(np.int32) \
         if cfg.model.num_classes else None
     out, t0 = [], time.time()

@@ -40,19 +40,42 @@ def space_measures(f_train, f_gen, k: int = 1) -> dict:
                 gs_mse_feat=float(np.mean(nn_d ** 2)) / f_train.shape[1])
 
 
-def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, return_nearest=False):
-    """Entropy (nats, pixels 0-255) of both sets, duplicates, GS ([-1, 1] pixels) and the
-    memorized share of the generated set against the training set (and, if asked, each generated
-    image's nearest training index, for the nearest-neighbour grid)."""
+def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, copy_threshold=None,
+                   return_nearest=False):
+    """Pixel measures of a generated set against its training set. Entropy (nats, pixels 0-255)
+    of both sets in the paper's form (copies kept, log(eps + 1e-10)) and de-duplicated, with the
+    duplicate count; GS ([-1, 1] pixels) and gs_ratio (GS over the training set's own mean
+    leave-one-out nearest distance, scale-free); the memorized share by the ratio test and, if
+    `copy_threshold` (0-255 L2) is given, by d1 < copy_threshold; effective dimension and mean
+    intensity (0-255) of both sets. With return_nearest, also each generated image's nearest
+    training index (for the nearest-neighbour grid)."""
     t, g = features.pixel(train), features.pixel(gen)
-    h_t, dup_t = scoring.knn_entropy(t, k, return_duplicates=True)
-    h_g, dup_g = scoring.knn_entropy(g, k, return_duplicates=True)
+    out = {}
+    for name, x in (('train', t), ('pool', g)):
+        h, dup = scoring.knn_entropy(x, k, return_duplicates=True)
+        out.update({f'{name}_entropy': h, f'{name}_entropy_dedup': scoring.knn_entropy(x, k, dedup=True),
+                    f'{name}_duplicates': dup})
     nn_idx, d = scoring.nearest_two(g, t)
-    out = dict(train_entropy=h_t, train_duplicates=dup_t, pool_entropy=h_g, pool_duplicates=dup_g,
-               gs_l2=float(np.mean(d[:, 0])) / PM1,
+    spacing = float(np.mean(scoring.nn_distances(t)))
+    out.update(gs_l2=float(np.mean(d[:, 0])) / PM1,
                gs_mse=float(np.mean(d[:, 0] ** 2)) / t.shape[1] / PM1 ** 2,
-               memorization=scoring.memorized_share(d, mem_ratio))
+               gs_ratio=float(np.mean(d[:, 0])) / spacing if spacing > 0 else None,
+               memorization=scoring.memorized_share(d, mem_ratio),
+               participation_ratio=scoring.participation_ratio(g),
+               train_participation_ratio=scoring.participation_ratio(t),
+               mean_intensity=float(np.mean(g)), train_mean_intensity=float(np.mean(t)))
+    if copy_threshold is not None:
+        out.update(memorization_calibrated=float(np.mean(d[:, 0] < copy_threshold)),
+                   copy_threshold=float(copy_threshold))
     return (out, nn_idx[:, 0]) if return_nearest else out
+
+
+def copy_threshold(real_train, real_heldout, mem_ratio: float = 1 / 3) -> float:
+    """The calibrated copy distance (0-255 L2): mem_ratio x the median distance from held-out
+    real images to their nearest real training image. Unlike the ratio test it does not need a
+    second neighbour, so it keeps firing when the training set holds clusters of near-copies."""
+    return mem_ratio * float(np.median(scoring.nearest_train(features.pixel(real_heldout),
+                                                             features.pixel(real_train))[1]))
 
 
 def score_files(generated, train, reference='', feature_space='pixel', weights='', out='',
@@ -91,4 +114,4 @@ def check_config(cfg) -> None:
     need(0 < sc.mem_ratio <= 1, f'score.mem_ratio={sc.mem_ratio}; allowed: 0 < x <= 1')
     need(sc.grid >= 1, f'score.grid={sc.grid}; must be >= 1')
     need(sc.nn_pairs >= 1, f'score.nn_pairs={sc.nn_pairs}; must be >= 1')
-    need(sc.reference_n >= 0, f'score.reference_n={sc.reference_n}; must be >= 0 (0 = the pool size)')
+    need(sc.eval_n >= 0, f'score.eval_n={sc.eval_n}; must be >= 0 (0 = no evaluation sample)')

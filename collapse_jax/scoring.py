@@ -144,24 +144,40 @@ def _digamma_int(n: int) -> float:
     return -0.5772156649015329 + float(np.sum(1.0 / np.arange(1, n, dtype=np.float64)))
 
 
-def knn_entropy(x, k: int = 1, return_duplicates: bool = False):
+def nn_distances(x, k: int = 1) -> np.ndarray:
+    """float64 L2 distance of each row of x to its k-th nearest *other* row (leave-one-out)."""
+    sq, _ = self_knn(_flat(x), k=k)
+    return np.sqrt(np.asarray(sq[:, k - 1], np.float64))
+
+
+def entropy_from_distances(eps, d: int, k: int = 1, floor: float = 0.0) -> float:
+    """H = psi(n) - psi(k) + log c_d + (d/n) sum_i log(eps_i + floor), c_d = pi^(d/2) / Gamma(d/2+1)."""
+    eps = np.asarray(eps, np.float64)
+    log_cd = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+    return (_digamma_int(len(eps)) - _digamma_int(k) + log_cd
+            + d * float(np.mean(np.log(eps + floor))))
+
+
+PAPER_FLOOR = 1e-10  # the reference's log(eps + 1e-10): an exact copy counts, heavily
+
+
+def knn_entropy(x, k: int = 1, dedup: bool = False, return_duplicates: bool = False):
     """Kozachenko-Leonenko differential entropy (nats) of the rows of x, in x's own units.
 
-    H = psi(n) - psi(k) + log c_d + (d/n) sum_i log eps_k(i), c_d = pi^(d/2) / Gamma(d/2 + 1).
-    Exact duplicates would give eps = 0 and log 0 = -inf: they are removed first (a copy adds no
-    new point to the distribution's support), and their count is returned when asked for.
+    dedup=False (the paper's form, as the reference's knn_entropy_estimator.py): every row
+    counts and log(eps + 1e-10) is taken, so exact copies (eps = 0) pull the entropy down hard.
+    dedup=True: exact duplicates are removed first (a copy adds no new point to the support).
+    With return_duplicates, also the number of rows that repeat an earlier row.
     """
     x = _flat(x)
     keep = unique_rows(x)
     dup = x.shape[0] - keep.shape[0]
-    x = x[keep]
+    if dedup:
+        x = x[keep]
     n, d = x.shape
-    if n <= k:
-        raise ValueError(f'knn_entropy needs more than k={k} distinct points, got {n}')
-    sq, _ = self_knn(x, k=k)
-    log_eps = 0.5 * np.log(np.asarray(sq[:, k - 1], np.float64))
-    log_cd = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
-    h = _digamma_int(n) - _digamma_int(k) + log_cd + d * float(np.mean(log_eps))
+    if len(keep) <= k:
+        raise ValueError(f'knn_entropy needs more than k={k} distinct points, got {len(keep)}')
+    h = entropy_from_distances(nn_distances(x, k), d, k, 0.0 if dedup else PAPER_FLOOR)
     return (h, dup) if return_duplicates else h
 
 
@@ -244,3 +260,36 @@ def precision_recall(real, generated, k: int = 3):
     precision = float(np.mean(np.asarray(_in_any_ball(g, r, r_rad[:, k - 1]))))
     recall = float(np.mean(np.asarray(_in_any_ball(r, g, g_rad[:, k - 1]))))
     return precision, recall
+
+
+def data_copying_z(generated, train, heldout) -> float:
+    """The data-copying test of Meehan, Chaudhuri and Dasgupta (AISTATS 2020), global form: the
+    Mann-Whitney Z_U of the generated samples' nearest-training distances against those of a
+    held-out set drawn from the training set's own distribution. Z << 0: the samples sit closer
+    to their training set than fresh draws do (copying); Z ~ 0: as close as fresh draws
+    (generalizing); Z >> 0: farther (underfit). Any units; rows are samples.
+
+    U counts the (generated, held-out) pairs whose generated distance is the larger (ties count
+    1/2); Z = (U - mn/2) / sigma with the tie-corrected sigma of the normal approximation."""
+    from scipy.stats import rankdata
+    t = _flat(train)
+    d_gen = nearest_train(_flat(generated), t)[1]
+    d_held = nearest_train(_flat(heldout), t)[1]
+    m, n = len(d_gen), len(d_held)
+    both = np.concatenate([d_gen, d_held])
+    ranks = rankdata(both)
+    u = float(np.sum(ranks[:m]) - m * (m + 1) / 2)
+    _, counts = np.unique(both, return_counts=True)
+    big_n = m + n
+    var = m * n / 12.0 * ((big_n + 1) - np.sum(counts ** 3 - counts) / (big_n * (big_n - 1)))
+    return float((u - m * n / 2.0) / np.sqrt(var)) if var > 0 else 0.0
+
+
+def participation_ratio(x) -> float:
+    """Effective dimension (sum l)^2 / sum l^2 of the covariance eigenvalues l of the rows of x:
+    (tr C)^2 / ||C||_F^2, from the Gram matrix of the centred rows (cheap when n < d)."""
+    x = _flat(x).astype(np.float64)
+    x = x - x.mean(0)
+    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x  # same nonzero spectrum as C
+    tr = np.trace(gram)
+    return float(tr ** 2 / np.sum(gram * gram)) if tr > 0 else 0.0

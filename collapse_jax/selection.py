@@ -13,7 +13,6 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from collapse_jax import streams
 from collapse_jax.data import need
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -149,14 +148,13 @@ def select(rule: str, features, n: int, *, seed: int, tau: float = 0.0, decay: f
     raise ValueError(f'loop.selection={rule!r}; allowed: {", ".join(SELECTIONS)}')
 
 
-def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, seed: int):
+def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, rng):
     """Which rows of which sources are candidates for D_{g+1}, after generation g sampled S_g.
 
     Sources are named 'real' (D_0) and 'S<i>' (the pool of generation i). Returns a list of
     (source, row indices); for `fresh` the caller adds the new real rows. Rows are in a shuffled
-    order, so 'none' takes a random subset.
+    order (`rng`, a numpy Generator), so 'none' takes a random subset.
     """
-    rng = streams.numpy_rng(seed, 'candidates', generation)
     pool = f'S{generation}'
     if paradigm in ('replace', 'fresh'):
         return [(pool, rng.permutation(pool_size))]

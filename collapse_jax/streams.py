@@ -9,19 +9,24 @@
 | batches     | (generation, epoch) | the epoch's permutation of D_g (train.batch_indices)      |
 | candidates  | (generation,)       | the shuffled candidate rows for D_{g+1} (paradigms)       |
 | selection   | (generation,)       | the selection rule's own seed (random, greedy start, ...) |
+| mirror      | (generation,)       | the same two choices for the held-out mirror of D_{g+1}   |
 | init        | ()                  | the UNet's initial weights (nnx.Rngs)                      |
 | train       | (generation,)       | a generation's training key; the step is folded in after  |
-| sample      | (generation,)       | a generation's sampling key; the batch is folded in after |
+| sample      | (generation,)       | a generation's pool S_g; the batch is folded in after     |
+| eval        | (generation,)       | its evaluation sample E_g, drawn apart from the pool      |
 
-Every stream starts from the run's own `seed`.
+Every stream starts from the run's own `seed` and has its own salt, so no two streams, and no
+two seeds, share a state: NumPy streams seed `default_rng([salt, seed, *index])`, JAX streams
+fold the salt, then each index, into `key(seed)`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-_NUMPY_SALT = {'real_order': 12345, 'batches': None, 'candidates': 7, 'selection': 99}
-_JAX_ROOT = {'train': 0, 'sample': 1}  # added to the seed
-_INDEX = {'real_order': 0, 'batches': 2, 'candidates': 1, 'selection': 1, 'train': 1, 'sample': 1}
+_NUMPY_SALT = {'real_order': 0, 'batches': 1, 'candidates': 2, 'selection': 3, 'mirror': 4}
+_JAX_SALT = {'train': 0, 'sample': 1, 'eval': 2}
+_INDEX = {'real_order': 0, 'batches': 2, 'candidates': 1, 'selection': 1, 'mirror': 1,
+          'train': 1, 'sample': 1, 'eval': 1}
 
 
 def _check(name, table, index):
@@ -33,8 +38,7 @@ def _check(name, table, index):
 
 def numpy_rng(seed: int, name: str, *index: int) -> np.random.Generator:
     _check(name, _NUMPY_SALT, index)
-    salt = _NUMPY_SALT[name]
-    return np.random.default_rng([int(seed), *map(int, index)] + ([] if salt is None else [salt]))
+    return np.random.default_rng([_NUMPY_SALT[name], int(seed), *map(int, index)])
 
 
 def numpy_seed(seed: int, name: str, *index: int) -> int:
@@ -49,8 +53,8 @@ def init_seed(seed: int) -> int:
 
 def jax_key(seed: int, name: str, *index: int):
     import jax  # here, so that host-only modules (data) can name their streams without JAX
-    _check(name, _JAX_ROOT, index)
-    key = jax.random.key(int(seed) + _JAX_ROOT[name])
+    _check(name, _JAX_SALT, index)
+    key = jax.random.fold_in(jax.random.key(int(seed)), _JAX_SALT[name])
     for i in index:
         key = jax.random.fold_in(key, int(i))
     return key

@@ -70,14 +70,19 @@ def get_config():
 
     c.score = sc = ml_collections.ConfigDict()
     sc.k = 1                        # k of the Kozachenko-Leonenko entropy
-    sc.mem_ratio = 1 / 3            # memorized if d1 / d2 < mem_ratio
+    sc.mem_ratio = 1 / 3            # memorized if d1 / d2 < mem_ratio; memorization_calibrated:
+                                    # d1 < mem_ratio x the median real-to-D_0 nearest distance
     sc.grid = 64                    # images in each sample grid
     sc.nn_pairs = 16                # generated/nearest-training pairs in the NN grid
     # Space of the Frechet distance and precision/recall ('' = loop.feature_space; 'inception'
     # makes the FD an FID). Entropy and GS are recorded in pixels and in loop.feature_space.
     sc.feature_space = ''
     sc.pr_k = 3                     # k of the k-NN manifold precision/recall
-    sc.reference_n = 0              # held-out real images for FD and P/R; 0 = the pool size
+    # Evaluation sample E_g, drawn apart from the pool: FD, precision/recall and recognizable
+    # are measured on it against as many held-out real images (fd_floor: two such real sets),
+    # and the rule applied to it gives the held-out set of the next copy_z. 0 = none (FD on
+    # the pool, copy_z at generation 0 only).
+    sc.eval_n = 1000
 
     # Feature-network weights, local files in the PyTorch layout (.safetensors, .npz, or .pth
     # converted with `python -m collapse_jax.features convert`); nothing is downloaded.

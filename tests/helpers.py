@@ -6,7 +6,7 @@ import numpy as np
 from collapse_jax import files, layout, report
 from configs import default
 
-TIMING = ('train_s', 'sample_s', 'score_s', 'select_s')
+TIMING = ('train_s', 'sample_s', 'eval_sample_s', 'score_s', 'select_s')
 
 
 def tiny(**loop_fields):
@@ -16,7 +16,7 @@ def tiny(**loop_fields):
     cfg.model.preset, cfg.model.layers_per_block = 'tiny', 1
     cfg.train.update(batch_size=8, steps=6, warmup_steps=2, lr=2e-3, log_every=3, ckpt_every=3)
     cfg.sample.update(steps=5, batch_size=16)
-    cfg.score.update(grid=16, nn_pairs=4)
+    cfg.score.update(grid=16, nn_pairs=4, eval_n=32)
     cfg.loop.update({'generations': 2, **loop_fields})
     return cfg
 

@@ -29,6 +29,23 @@ def test_two_generations_end_to_end(tmp_path, engine, digits_features):
         assert r['fd_reference'] == 'held-out real, n=32'
         assert r['feature_info']['digits']['accuracy'] >= 0.95
         assert r['train_entropy_feat'] == pytest.approx(r['train_entropy'], rel=1e-6)  # pixel
+    # copying against collapse: copy_z's held-out sets, and the scale-free GS by brute force
+    assert r0['copy_z_heldout'] == 'held-out real, n=16'
+    assert r1['copy_z_heldout'] == ('accumulate/none applied to independent samples (E_i, '
+                                    'held-out real for D_0), n=48')
+    d0 = np.load(tmp_path / 'gen_000' / 'train_images.npy').reshape(16, -1).astype(np.float64)
+    p0 = np.load(tmp_path / 'gen_000' / 'pool.npy').reshape(32, -1).astype(np.float64)
+    dist = np.sqrt(((p0[:, None] - d0[None]) ** 2).sum(-1)).min(1)
+    self_d = np.sqrt(((d0[:, None] - d0[None]) ** 2).sum(-1)) + np.diag(np.full(16, np.inf))
+    assert r0['gs_ratio'] == pytest.approx(dist.mean() / self_d.min(1).mean(), rel=1e-6)
+    assert r0['memorization_calibrated'] == pytest.approx(np.mean(dist < r0['copy_threshold']))
+    assert r0['mean_intensity'] == pytest.approx(p0.mean())
+    assert np.load(tmp_path / 'gen_001' / 'eval.npy').shape == (32, 8, 8, 1)
+    for r in recs:
+        assert np.isfinite(r['copy_z']) and r['fd_floor'] > 0 and r['copy_threshold'] > 0
+        assert r['train_entropy_dedup'] >= r['train_entropy'] - 1e-6
+        assert 0 <= r['recognizable'] <= 1 and 0 <= r['recognizable_real'] <= 1
+        assert r['participation_ratio'] >= 1 and r['train_participation_ratio'] >= 1
     src = np.load(tmp_path / 'gen_001' / 'train_source.npy')
     assert sorted(np.unique(src).tolist()) == [-1, 0]
     pool = np.load(tmp_path / 'gen_000' / 'pool.npy')

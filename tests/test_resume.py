@@ -13,13 +13,13 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = ('train_s', 'sample_s', 'score_s', 'select_s')
+from helpers import TIMING  # noqa: E402
 ARGS = ['--config=configs/quick_cpu.py', '--config.sweep=', '--config.loop.selection=greedy',
         '--config.data.source=digits', '--config.data.resolution=8', '--config.data.n=16',
         '--config.model.preset=tiny', '--config.model.layers_per_block=1',
         '--config.train.batch_size=8', '--config.train.steps=6', '--config.train.ckpt_every=2',
         '--config.train.log_every=2', '--config.train.warmup_steps=2', '--config.sample.steps=5',
-        '--config.sample.batch_size=16', '--config.loop.generations=2']
+        '--config.sample.batch_size=16', '--config.loop.generations=2', '--config.score.eval_n=32']
 
 
 @pytest.fixture(scope='module')

@@ -55,9 +55,26 @@ def test_entropy_of_uniform_cube():
 def test_entropy_removes_and_counts_duplicates():
     x = np.random.default_rng(0).normal(size=(500, 4))
     with_dups = np.concatenate([x, x[:20], x[:5]])
-    h, dup = scoring.knn_entropy(with_dups, return_duplicates=True)
+    h, dup = scoring.knn_entropy(with_dups, dedup=True, return_duplicates=True)
     assert dup == 25 == scoring.count_duplicates(with_dups)
-    assert np.isfinite(h) and h == pytest.approx(scoring.knn_entropy(x), abs=1e-9)
+    assert np.isfinite(h) and h == pytest.approx(scoring.knn_entropy(x), abs=1e-6)
+
+
+def test_paper_entropy_keeps_copies_and_takes_log_eps_plus_1e10():
+    """The reference's form: every row counts, log(eps + 1e-10), so copies pull it down."""
+    x = np.random.default_rng(3).integers(0, 256, (128, 16)).astype(np.float64)
+    with_copies = np.concatenate([x, x[:4]])
+    n, d = with_copies.shape
+    dist = np.sqrt(((with_copies[:, None] - with_copies[None]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    eps = dist.min(1)
+    assert (eps == 0).sum() == 8  # 4 copies and their originals
+    from scipy.special import digamma, gammaln
+    want = (digamma(n) - digamma(1) + 0.5 * d * np.log(np.pi) - gammaln(0.5 * d + 1)
+            + d * np.mean(np.log(eps + 1e-10)))
+    h = scoring.knn_entropy(with_copies)
+    assert h == pytest.approx(want, rel=1e-9)
+    assert scoring.knn_entropy(with_copies, dedup=True) - h > 8 * d / n * 20  # copies cost much
 
 
 def test_gs_and_memorization_against_brute_force():
@@ -125,3 +142,39 @@ def test_symmetric_self_knn_matches_brute_force(n, k, block):
     bd, bi = brute_knn(x, x, k, True)
     np.testing.assert_array_equal(np.asarray(i), bi)
     np.testing.assert_allclose(np.asarray(d), bd, rtol=1e-5, atol=1e-6)
+
+
+def test_data_copying_z_is_the_mann_whitney_z_of_nearest_training_distances():
+    from scipy.stats import mannwhitneyu, norm
+    rng = np.random.default_rng(0)
+    train, gen, held = rng.normal(size=(60, 5)), rng.normal(size=(40, 5)), rng.normal(size=(50, 5))
+    gen[:5] = train[:5]  # exact copies: ties at distance 0 exercise the tie correction
+    held[:3] = train[10:13]
+    z = scoring.data_copying_z(gen, train, held)
+    d_gen = np.sqrt(((gen[:, None] - train[None]) ** 2).sum(-1)).min(1)
+    d_held = np.sqrt(((held[:, None] - train[None]) ** 2).sum(-1)).min(1)
+    res = mannwhitneyu(d_gen, d_held, method='asymptotic', use_continuity=False)
+    assert 2 * norm.sf(abs(z)) == pytest.approx(res.pvalue, rel=1e-6)
+    assert np.sign(z) == np.sign(res.statistic - 40 * 50 / 2)
+
+
+def test_data_copying_z_tells_copies_fresh_draws_and_far_sets_apart():
+    rng = np.random.default_rng(1)
+    draw = lambda n: rng.normal(size=(n, 8))  # noqa: E731
+    train, held = draw(200), draw(200)
+    copies = train[rng.choice(200, 200)] + 0.01 * rng.normal(size=(200, 8))
+    assert scoring.data_copying_z(copies, train, held) < -10     # copying
+    assert abs(scoring.data_copying_z(draw(200), train, held)) < 3  # generalizing
+    assert scoring.data_copying_z(draw(200) * 3.0, train, held) > 10  # underfit, far away
+
+
+def test_participation_ratio_of_a_known_covariance():
+    rng = np.random.default_rng(2)
+    lam = np.array([4.0, 2.0, 1.0, 1.0, 0.0, 0.0])
+    x = rng.normal(size=(20000, 6)) * np.sqrt(lam)
+    want = lam.sum() ** 2 / (lam ** 2).sum()  # 64 / 22
+    assert scoring.participation_ratio(x) == pytest.approx(want, rel=0.03)
+    wide = rng.normal(size=(50, 200)) * rng.uniform(0.1, 2, 200)  # n < d: the Gram-of-rows path
+    lam = np.linalg.eigvalsh(np.cov(wide.T))
+    assert scoring.participation_ratio(wide) == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum(),
+                                                              rel=1e-9)

@@ -66,7 +66,7 @@ def test_greedy_raises_entropy_over_random():
     ('accumulate_subsample', 1, {'real': 7, 'S0': 7, 'S1': 6}),
 ])
 def test_paradigm_candidate_sets(paradigm, g, expected):
-    cands = selection.candidate_sources(paradigm, g, 20, 40, seed=0)
+    cands = selection.candidate_sources(paradigm, g, 20, 40, np.random.default_rng(0))
     assert {s: len(rows) for s, rows in cands} == expected
     for s, rows in cands:
         assert len(set(rows)) == len(rows) and rows.max() < (20 if s == 'real' else 40)
