@@ -323,7 +323,7 @@ class PatchEmbed(nnx.Module):
 
 class DINOv2(nnx.Module):
     """DINOv2 ViT-S/14 (facebookresearch/dinov2 names) at 224x224: 16x16 patches + CLS."""
-    size, patch = 224, 14
+    size, patch, resize = 224, 14, 256
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self, dim=384, depth=12, heads=6, rngs=None):
@@ -346,10 +346,16 @@ class DINOv2(nnx.Module):
 
     @classmethod
     def preprocess(cls, x):
-        """uint8 [b, h, w, c] -> ImageNet-normalized 224x224, bicubic (PIL's Keys a = -0.5)."""
+        """uint8 [b, h, w, c] -> ImageNet-normalized 224x224 as the image processor the
+        paper's features came from: the shorter side resized to 256 (bicubic, PIL's Keys
+        a = -0.5), then the centre 224x224 crop. tau0 = 60 was tuned on those features."""
         x = jnp.asarray(x, jnp.float32) / 255.0
         x = jnp.broadcast_to(x, x.shape[:3] + (3,)) if x.shape[-1] == 1 else x
-        x = jax.image.resize(x, (x.shape[0], cls.size, cls.size, 3), 'cubic')
+        h, w = x.shape[1:3]
+        nh, nw = round(cls.resize * h / min(h, w)), round(cls.resize * w / min(h, w))
+        x = jax.image.resize(x, (x.shape[0], nh, nw, 3), 'cubic')
+        t, l = (nh - cls.size) // 2, (nw - cls.size) // 2
+        x = x[:, t:t + cls.size, l:l + cls.size]
         return (x - jnp.asarray(cls.mean)) / jnp.asarray(cls.std)
 
 

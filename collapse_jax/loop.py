@@ -420,8 +420,12 @@ class Run:
             tau, decay = selection.threshold_params(lp.paradigm, lp.feature_space, lp.tau,
                                                     lp.decay)
             seed = streams.numpy_seed(cfg.seed, 'mirror' if mirror else 'selection', g)
-            pick, extra = selection.select(lp.selection, self.featurize(c.images), want,
-                                           seed=seed, tau=tau, decay=decay)
+            try:
+                pick, extra = selection.select(lp.selection, self.featurize(c.images), want,
+                                               seed=seed, tau=tau, decay=decay)
+            except ValueError as e:
+                raise ValueError(f'generation {g + 1}{" (copy_z mirror)" if mirror else ""}, '
+                                 f'loop.selection={lp.selection}: {e}') from None
             info.update(extra)
             c = layout.TrainSet(c.images[pick], None if c.labels is None else c.labels[pick],
                                 c.source[pick], c.index[pick], {})

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from collapse_jax.data import need
+from collapse_jax.scoring import unique_rows
 
 HIGHEST = jax.lax.Precision.HIGHEST
 SELECTIONS = ('none', 'random', 'greedy', 'threshold')
@@ -126,6 +127,10 @@ def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
         raise ValueError(f'threshold_select: n={n}; allowed 1..{x.shape[0]}')
     if not (tau > 0 and 0 < decay < 1):
         raise ValueError(f'threshold_select: tau={tau}, decay={decay}; need tau > 0, 0 < decay < 1')
+    distinct = len(unique_rows(np.asarray(x)))
+    if distinct < n:  # copies are never farther apart than any tau: the filter would never end
+        raise ValueError(f'threshold_select: {distinct} distinct candidates of {x.shape[0]} '
+                         f'cannot yield {n} images farther apart than any tau')
     order = jnp.asarray(np.random.default_rng(seed).permutation(x.shape[0]), jnp.int32)
     picks, final_tau, passes = _threshold(x, order, n, tau, decay)
     picks = np.asarray(picks)
@@ -178,11 +183,11 @@ def keeps_all(paradigm: str, rule: str) -> bool:
 
 
 def threshold_params(paradigm: str, space: str, tau: float = 0.0, decay: float = 0.0):
-    """(tau0, alpha) of the threshold-decay filter; 0 in the config means the default:
-    tau0 = 2000 in 0-255 pixels or 60 in a feature space; alpha = 0.95 for replace and fresh,
-    0.80 for accumulate."""
+    """(tau0, alpha) of the threshold-decay filter; 0 in the config means the reference's value:
+    tau0 = 2000 in 0-255 pixels or 60 in a feature space; alpha = 0.95, except 0.80 for
+    accumulate in a feature space (the reference code's choice)."""
     tau = tau or (2000.0 if space == 'pixel' else 60.0)
-    decay = decay or (0.95 if paradigm in ('replace', 'fresh') else 0.80)
+    decay = decay or (0.80 if paradigm == 'accumulate' and space != 'pixel' else 0.95)
     return tau, decay
 
 

@@ -2,7 +2,8 @@
 
 UNet48 at 32x32x3, N = 32,768, 500 epochs per generation, 1000-step ancestral sampling, a pool
 of 2N per generation; replace and accumulate, each with no selection, greedy and threshold-decay
-selection, run one after another under <workdir>/<paradigm>_<selection>.
+selection, run one after another under <workdir>/<paradigm>_<selection>. The paper's vanilla
+accumulate keeps N images (about N/(g+2) from each source): accumulate_subsample here.
 Selection, entropy and GS in DINOv2-S/14 feature space (tau0 = 60), FD as FID (Inception-v3),
 as in the paper. Needs the TFDS cifar10 dataset prepared under data.data_dir and the two weights
 files (no download at run time):
@@ -16,7 +17,7 @@ from configs import default
 def get_config():
     c = default.get_config()
     c.sweep = ('replace:none,replace:greedy,replace:threshold,'
-               'accumulate:none,accumulate:greedy,accumulate:threshold')
+               'accumulate_subsample:none,accumulate:greedy,accumulate:threshold')
     c.data.source = 'cifar10'
     c.data.n = 32768
     c.model.preset = 'UNet48'
@@ -29,4 +30,5 @@ def get_config():
     c.loop.pool_factor = 2
     c.loop.feature_space = 'dinov2'
     c.score.feature_space = 'inception'
+    c.score.eval_n = 10000            # FID on 10k samples apart from the pool
     return c

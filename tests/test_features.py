@@ -189,9 +189,9 @@ def test_dinov2_port_matches_numpy_reference(tmp_path):
     f = F.get('dinov2', {'dinov2': path}, batch_size=2)
     images = _images(2, seed=1)
     ours = f(images)
-    # the reference resizes with PIL's bicubic (what DINOv2's torchvision transform uses)
+    # the reference: PIL's bicubic to 256 (the shorter side), then the centre 224 crop
     x = np.stack([np.asarray(Image.fromarray(im[..., 0].astype(np.float32) / 255.0, 'F').resize(
-        (224, 224), Image.BICUBIC)) for im in images])[..., None].repeat(3, -1)
+        (256, 256), Image.BICUBIC))[16:240, 16:240] for im in images])[..., None].repeat(3, -1)
     x = (x - np.array(F.DINOv2.mean)) / np.array(F.DINOv2.std)
     ref = np_dinov2({k: v.astype(np.float64) for k, v in sd.items()}, x)
     assert ours.shape == (2, 384)

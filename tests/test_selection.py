@@ -97,3 +97,17 @@ def test_greedy_on_pixels_is_exact_where_float32_rounds():
     x = np.random.default_rng(4).integers(0, 256, size=(400, 3072)).astype(np.uint8)
     np.testing.assert_array_equal(greedy_select(x, 150, first=5),
                                   naive_greedy(x.astype(np.int64), 150, 5))
+
+
+def test_threshold_with_too_few_distinct_candidates_stops_with_one_line():
+    x = np.repeat(np.arange(5, dtype=np.float32)[:, None], 4, axis=0).reshape(20, 1) * [1, 1]
+    with pytest.raises(ValueError, match='5 distinct candidates of 20 cannot yield 8 images'):
+        threshold_select(x, 8, tau=3.0, decay=0.8)  # used to loop forever
+
+
+def test_threshold_defaults_are_the_reference_code_values():
+    assert selection.threshold_params('replace', 'pixel') == (2000.0, 0.95)
+    assert selection.threshold_params('accumulate', 'pixel') == (2000.0, 0.95)
+    assert selection.threshold_params('accumulate', 'dinov2') == (60.0, 0.80)
+    assert selection.threshold_params('replace', 'dinov2') == (60.0, 0.95)
+    assert selection.threshold_params('accumulate', 'pixel', tau=5.0, decay=0.5) == (5.0, 0.5)
