@@ -5,6 +5,7 @@
                           [--feature_space=digits] [--weights=file] [--out=scores.json]
   compare  python main.py --mode=compare --runs=<dir1>,<dir2>,... --workdir=<out dir>
   study    python main.py --mode=study --config=configs/study_cpu.py --workdir=<dir>
+  calibrate python main.py --mode=calibrate --config=configs/calibrate_cpu.py --workdir=<dir>
 """
 import logging as pylogging
 import sys
@@ -14,7 +15,7 @@ from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', None, 'Run directory (created; a rerun resumes it).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_enum('mode', 'run', ['run', 'score', 'compare', 'study'], 'What to do.')
+flags.DEFINE_enum('mode', 'run', ['run', 'score', 'compare', 'study', 'calibrate'], 'What to do.')
 flags.DEFINE_string('generated', '', 'score: .npy of generated images (uint8, or float in [0, 1]).')
 flags.DEFINE_string('train', '', 'score: .npy of the training images they are measured against.')
 flags.DEFINE_string('reference', '', 'score: .npy of real images for FD and precision/recall '
@@ -66,6 +67,10 @@ def dispatch():
                      '(configs/study_cpu.py)')
         from collapse_jax import study
         study.run_study(cfg, FLAGS.workdir)
+        return
+    if FLAGS.mode == 'calibrate':
+        from collapse_jax import calibrate
+        calibrate.run_calibration(cfg, FLAGS.workdir)
         return
     loop.run(cfg, FLAGS.workdir)
 

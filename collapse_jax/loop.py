@@ -299,11 +299,9 @@ class Run:
         precision/recall of the evaluation sample E_g (or S_g) against held-out real images,
         and the share of recognizable digits."""
         cfg, t0 = self.cfg, time.time()
-        thr = self._once('copy_threshold', lambda: measure.copy_threshold(
-            self.real.d0()[0], self.mirror_real, cfg.score.mem_ratio)
-            if len(self.mirror_real) else None)
         px, nn_idx = measure.pixel_measures(d_g.images, pool, cfg.score.k, cfg.score.mem_ratio,
-                                            copy_threshold=thr, return_nearest=True)
+                                            copy_threshold=self.copy_threshold(),
+                                            return_nearest=True)
         fz = self.featurize
         rec = dict(
             generation=g, paradigm=cfg.loop.paradigm, selection=cfg.loop.selection,
@@ -319,7 +317,8 @@ class Run:
             sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
                          variance=cfg.sample.variance, guidance=cfg.sample.guidance))
         rec.update(self._copy_z(g, d_g, pool))
-        rec.update(self._fidelity(g, pool))
+        sample = self.eval_sample(g)
+        rec.update(self.fidelity(pool if sample is None else sample))
         f_pool = fz(pool)
         rec.update(measure.space_measures(fz(d_g.images), f_pool, cfg.score.k))
         if self.writer:
@@ -328,12 +327,11 @@ class Run:
         rec.update(times)
         return rec
 
-    def _fidelity(self, g, pool) -> dict:
-        """FD and precision/recall of E_g (or S_g when eval_n = 0) against the held-out
+    def fidelity(self, sample) -> dict:
+        """FD and precision/recall of `sample` (E_g, or S_g when eval_n = 0) against the held-out
         reference, the FD between two real sets of the same size (its noise floor), and the
         share of samples (and of real digits) the digits classifier labels with p >= 0.9."""
-        sc, sample = self.scorer, self.eval_sample(g)
-        sample = pool if sample is None else sample
+        sc = self.scorer
         ref = self._once('reference_feats', lambda: sc(self.reference['images']))
         out = measure.fd_measures(sc(sample), ref, self.cfg.score.pr_k)
         out.update(fd_reference=self.reference['name'], feature_info={
@@ -352,18 +350,26 @@ class Run:
         own distribution: held-out real images at generation 0; later, the paradigm and rule
         applied to independent draws (the evaluation samples E_i, held-out real for D_0)."""
         if g == 0:
-            held, what = self.mirror_real, f'held-out real, n={len(self.mirror_real)}'
-        elif not self.cfg.score.eval_n:
+            return self.copy_z(pool, d_g.images, self.mirror_real, 'held-out real')
+        if not self.cfg.score.eval_n:
             return dict(copy_z=None, copy_z_heldout='none (score.eval_n = 0)')
-        else:
-            held = self.select(g - 1, mirror=True).images
-            what = (f'{self.label} applied to independent samples (E_i, held-out real for D_0), '
-                    f'n={len(held)}')
+        return self.copy_z(pool, d_g.images, self.select(g - 1, mirror=True).images,
+                           f'{self.label} applied to independent samples (E_i, held-out real '
+                           'for D_0)')
+
+    @staticmethod
+    def copy_z(sample, train, held, what) -> dict:
         if len(held) < 2:
             return dict(copy_z=None, copy_z_heldout='none (no held-out images left)')
-        z = scoring.data_copying_z(features.pixel(pool), features.pixel(d_g.images),
+        z = scoring.data_copying_z(features.pixel(sample), features.pixel(train),
                                    features.pixel(held))
-        return dict(copy_z=z, copy_z_heldout=what)
+        return dict(copy_z=z, copy_z_heldout=f'{what}, n={len(held)}')
+
+    def copy_threshold(self):
+        """memorization_calibrated's distance (0-255 L2), from real images, once per run."""
+        return self._once('copy_threshold', lambda: measure.copy_threshold(
+            self.real.d0()[0], self.mirror_real, self.cfg.score.mem_ratio)
+            if len(self.mirror_real) else None)
 
     def _draw(self, g, d_g, pool, nn_idx):
         gd, k = self.dir.gen(g), min(self.cfg.score.nn_pairs, len(pool))

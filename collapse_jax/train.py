@@ -154,11 +154,13 @@ def checkpoint_manager(directory, keep: int = 1):
 
 
 def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_dir, mesh,
-                     graphdef, params, should_stop=lambda: False, compiled=None):
+                     graphdef, params, should_stop=lambda: False, compiled=None, hooks=None):
     """Trains a fresh model on `images` (uint8 [n, h, w, c]); resumes from `ckpt_dir` if a
     checkpoint is there. Returns (state, info). `should_stop()` is polled each step (preemption):
     when it turns true the state is saved and `info['stopped']` is set. `compiled` (a dict kept
-    by the caller) reuses the jitted step across generations with the same step_signature."""
+    by the caller) reuses the jitted step across generations with the same step_signature.
+    `hooks` {step: fn(state)} run after that step, before its checkpoint (so a resumed run never
+    skips one)."""
     n = images.shape[0]
     steps = total_steps(cfg, n)
     tx = make_optimizer(cfg, steps)
@@ -185,7 +187,8 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
             state, loss = step_fn(state, parallel.shard_batch(mesh, images[idx]),
                                   parallel.shard_batch(mesh, labels[idx]), gen_key)
             done, stop = step + 1, should_stop()
-            save = done % cfg.train.ckpt_every == 0 or done == steps or stop
+            hook = (hooks or {}).get(done)
+            save = done % cfg.train.ckpt_every == 0 or done == steps or stop or hook is not None
             if not (save or done % cfg.train.log_every == 0):
                 continue  # no host sync between progress lines
             lv = float(loss)
@@ -201,6 +204,8 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
                 log.info('generation %d step %d/%d loss %.4f %.1f img/s', generation, done,
                          steps, lv, rate)
                 t_log = time.time()
+            if hook is not None:
+                hook(state)
             if save:
                 mngr.save(done, args=ocp.args.StandardSave(_saveable(state)))
             if stop:

@@ -1,0 +1,174 @@
+"""The phase diagram of generation 0: where a model generalizes and where it copies, over the
+dataset size N and the training length, before any multi-generation run.
+
+  python main.py --mode=calibrate --config=configs/calibrate_cpu.py --workdir=runs/calibrate
+
+For each N of `calibrate.ns`, one generation-0 model trains on N real images for the largest
+of `calibrate.steps`; at each of those step counts (a checkpoint of that run, so the learning
+rate is not yet annealed there) it draws `score.eval_n` samples and measures them against
+D_0: memorization (ratio test and calibrated), copy_z against held-out real images, FD beside
+its floor, and the recognizable share; it draws their grids. Each cell is written as it is
+measured (<workdir>/N<N>/cells/steps<S>.json), so a rerun resumes. Then it draws
+<workdir>/figures/phase.png and writes results.json, naming the headline regime: the smallest
+N and step count where generation 0 generalizes while a 4x smaller N copies.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from collapse_jax import files, loop, measure, report
+from collapse_jax import train as train_lib
+from collapse_jax.data import need
+
+log = logging.getLogger('collapse_jax')
+
+KEYS = ('memorization', 'memorization_calibrated', 'copy_z', 'gs_ratio', 'fd', 'fd_floor',
+        'recognizable', 'recognizable_real', 'participation_ratio', 'mean_intensity')
+
+
+def _ints(text):
+    return sorted(int(v) for v in str(text).split(','))
+
+
+def check_config(cfg):
+    need('calibrate' in cfg, '--mode=calibrate needs a config with a calibrate section '
+         '(configs/calibrate_cpu.py)')
+    c = cfg.calibrate
+    for field in ('ns', 'steps'):
+        try:
+            vals = _ints(c[field])
+        except ValueError:
+            vals = []
+        need(vals and min(vals) > 0, f'calibrate.{field}={c[field]!r}; allowed: positive '
+             'integers, comma-separated')
+    need(c.generalize_z > 0, f'calibrate.generalize_z={c.generalize_z}; must be > 0')
+    need(0 < c.generalize_mem <= 1, f'calibrate.generalize_mem={c.generalize_mem}; allowed: '
+         '0 < x <= 1')
+    need(c.copy_z < 0, f'calibrate.copy_z={c.copy_z}; must be < 0')
+    need(cfg.score.eval_n >= 2, f'score.eval_n={cfg.score.eval_n}; calibrate needs >= 2 samples')
+
+
+def run_calibration(cfg, workdir, engine=None):
+    """Measures every (N, steps) cell not yet measured, then draws. Returns the results."""
+    check_config(cfg)
+    ns, steps = _ints(cfg.calibrate.ns), _ints(cfg.calibrate.steps)
+    subs = []
+    for n in ns:
+        sub = cfg.copy_and_resolve_references()
+        sub.data.n, sub.loop.generations, sub.sweep = n, 1, ''
+        sub.train.steps = max(steps)
+        loop.validate(sub)
+        subs.append((n, sub))
+    engine = engine or loop.Engine(subs[0][1])
+    for n, sub in subs:
+        _calibrate_n(sub, os.path.join(workdir, f'N{n}'), steps, engine)
+    return draw(cfg, workdir)
+
+
+def _calibrate_n(cfg, workdir, steps, engine):
+    """One model of generation 0 at N = cfg.data.n; a cell at each step count."""
+    cells = os.path.join(workdir, 'cells')
+    todo = [s for s in steps if not os.path.exists(os.path.join(cells, f'steps{s}.json'))]
+    if not todo:
+        return
+    run = loop.Run(cfg, workdir, engine)
+    os.makedirs(workdir, exist_ok=True)
+    loop._check_workdir_config(run.dir.config, cfg.to_json(sort_keys=True))
+    d0 = run.first_training_set()
+
+    def measure_at(s):
+        def hook(state):
+            params = state['ema'] if cfg.train.ema else state['params']
+            sample = loop.sample_pool(cfg, engine, params, cfg.score.eval_n, 0, 'eval')[0]
+            px, nn_idx = measure.pixel_measures(d0.images, sample, cfg.score.k,
+                                                cfg.score.mem_ratio, run.copy_threshold(),
+                                                return_nearest=True)
+            rec = dict(n=cfg.data.n, steps=s, n_samples=len(sample), **px,
+                       **run.copy_z(sample, d0.images, run.mirror_real, 'held-out real'),
+                       **run.fidelity(sample))
+            rec.pop('feature_info', None)
+            k = min(cfg.score.nn_pairs, len(sample))
+            report.sample_grid(os.path.join(cells, f'steps{s}_samples.png'), sample[:cfg.score.grid])
+            report.nn_grid(os.path.join(cells, f'steps{s}_nearest.png'), sample[:k],
+                           d0.images[nn_idx[:k]])
+            files.save_json(os.path.join(cells, f'steps{s}.json'), rec)
+            log.info('calibrate N=%d steps=%d: %s', cfg.data.n, s,
+                     json.dumps({k: rec.get(k) for k in KEYS}))
+        return hook
+
+    train_lib.train_generation(
+        cfg, d0.images, d0.labels, generation=0, ckpt_dir=run.dir.gen(0).ckpt, mesh=engine.mesh,
+        graphdef=engine.graphdef, params=train_lib.init_params(cfg),
+        compiled=engine.train_steps, hooks={s: measure_at(s) for s in todo})
+
+
+def collect(cfg, workdir):
+    out = []
+    for n in _ints(cfg.calibrate.ns):
+        for s in _ints(cfg.calibrate.steps):
+            p = os.path.join(workdir, f'N{n}', 'cells', f'steps{s}.json')
+            if os.path.exists(p):
+                out.append(files.read_json(p))
+    return out
+
+
+def headline(cells, c):
+    """The smallest (N, steps) where generation 0 generalizes (|copy_z| <= generalize_z,
+    memorization <= generalize_mem, recognizable at least half the real digits' share) while N/4
+    at the same steps copies (copy_z <= c.copy_z or memorization >= 0.5); None if no cell does."""
+    by = {(r['n'], r['steps']): r for r in cells}
+
+    def generalizes(r):
+        rec_ok = r.get('recognizable') is None or r['recognizable'] >= 0.5 * r['recognizable_real']
+        return abs(r['copy_z']) <= c.generalize_z and r['memorization'] <= c.generalize_mem and \
+            rec_ok
+
+    def copies(r):
+        return r['copy_z'] <= c.copy_z or r['memorization'] >= 0.5
+
+    for (n, s), r in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        small = by.get((n // 4, s))
+        if small and n % 4 == 0 and generalizes(r) and copies(small):
+            return dict(n=n, steps=s, copying_n=n // 4, cell=r, copying_cell=small)
+    return None
+
+
+def draw(cfg, workdir):
+    import matplotlib.pyplot as plt
+    cells = collect(cfg, workdir)
+    need(cells, f'{workdir}: no measured calibration cells to draw')
+    ns, steps = _ints(cfg.calibrate.ns), _ints(cfg.calibrate.steps)
+    out_dir = os.path.join(workdir, 'figures')
+    os.makedirs(out_dir, exist_ok=True)
+    panels = [('copy_z', 'copy_z (<< 0 copying, ~0 generalizing)', 'RdBu', -20, 20),
+              ('memorization', 'memorized share (d1/d2 < 1/3)', 'Reds', 0, 1),
+              ('memorization_calibrated', 'memorized share (calibrated d1)', 'Reds', 0, 1),
+              ('recognizable', 'recognizable share (p >= 0.9)', 'Greens', 0, 1)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    by = {(r['n'], r['steps']): r for r in cells}
+    for ax, (key, title, cmap, lo, hi) in zip(axes, panels):
+        grid = np.array([[by.get((n, s), {}).get(key, np.nan) for s in steps] for n in ns],
+                        np.float64)
+        ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi, aspect='auto')
+        for i in range(len(ns)):
+            for j in range(len(steps)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f'{grid[i, j]:.2f}' if hi == 1 else f'{grid[i, j]:.1f}',
+                            ha='center', va='center', fontsize=7)
+        ax.set_xticks(range(len(steps)), [str(s) for s in steps], fontsize=7)
+        ax.set_yticks(range(len(ns)), [str(n) for n in ns], fontsize=7)
+        ax.set_xlabel('training steps', fontsize=7)
+        ax.set_ylabel('N', fontsize=7)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    report._save_fig(os.path.join(out_dir, 'phase.png'), fig)
+    head = headline(cells, cfg.calibrate)
+    results = dict(cells=cells, headline=head, criteria=cfg.calibrate.to_dict())
+    files.save_json(os.path.join(out_dir, 'results.json'), results)
+    print(json.dumps(dict(figures=out_dir, headline=None if head is None else
+                          {k: head[k] for k in ('n', 'steps', 'copying_n')})))
+    return results
