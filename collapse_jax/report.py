@@ -19,16 +19,26 @@ from PIL import Image  # noqa: E402
 from collapse_jax import data, files, layout  # noqa: E402
 
 # (metrics key, panel title); {fd_space} / {feature_space}: the spaces the runs measured in
-CURVES = [('train_entropy', 'training-set entropy (nats, pixels 0-255)'),
+CURVES = [('train_entropy', 'training-set entropy (nats, pixels 0-255, paper form)'),
           ('gs_l2', 'GS: L2 to nearest training image (pixels in [-1, 1])'),
+          ('gs_ratio', 'GS / training set\'s own nearest spacing'),
           ('memorization', 'memorized share (d1/d2 < 1/3)'),
-          ('pool_variance', 'sample variance: trace of covariance ([-1, 1])'),
+          ('memorization_calibrated', 'memorized share (d1 < calibrated distance)'),
+          ('copy_z', 'data-copying Z (<< 0 copying, ~0 generalizing)'),
+          ('participation_ratio', 'effective dimension of the samples'),
+          ('mean_intensity', 'mean pixel intensity of the samples (0-255)'),
           ('real_share', 'share of real images in the training set'),
-          ('fd', 'Frechet distance to held-out real ({fd_space})'),
+          ('fd', 'Frechet distance to held-out real ({fd_space}); dashed: floor'),
+          ('recognizable', 'recognizable share (digits classifier p >= 0.9)'),
           ('precision', 'precision, k-NN manifold ({fd_space})'),
           ('recall', 'recall, k-NN manifold ({fd_space})'),
+          ('pool_variance', 'sample variance: trace of covariance ([-1, 1])'),
           ('train_entropy_feat', 'training-set entropy (nats, {feature_space})'),
           ('gs_mse_feat', 'GS: MSE to nearest training image ({feature_space})')]
+# drawn dashed in the panel of the first key
+FLOORS = {'fd': 'fd_floor', 'recognizable': 'recognizable_real'}
+
+
 def _tile(images, rows, cols, pad=1):
     n, h, w, c = images.shape
     canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
@@ -81,15 +91,19 @@ def plot_curves(path, runs):
     pixel panels)."""
     curves = [c for c in CURVES if not (c[0].endswith('_feat') and _space(runs) == 'pixel')]
     cols = 5
-    fig, axes = plt.subplots(-(-len(curves) // cols), cols, figsize=(3.6 * cols, 6.4),
-                             squeeze=False)
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.ravel()[len(curves):]:
         ax.set_visible(False)
     for ax, (key, title) in zip(axes.ravel(), curves):
-        for label, recs in runs.items():
+        for i, (label, recs) in enumerate(runs.items()):
             pts = [(r['generation'], r[key]) for r in recs if r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker='o', ms=3, label=label)
+                ax.plot(*zip(*pts), marker='o', ms=3, label=label, color=f'C{i}')
+            ref = [(r['generation'], r[FLOORS[key]]) for r in recs
+                   if key in FLOORS and r.get(FLOORS[key]) is not None]
+            if ref:
+                ax.plot(*zip(*ref), ls='--', lw=0.8, color=f'C{i}')
         ax.set_title(title.format(fd_space=_space(runs, 'fd_space'),
                                   feature_space=_space(runs)), fontsize=7)
         generation_axis(ax)
@@ -166,7 +180,9 @@ def plot_entropy_vs_gs(path, runs):
 
 # ----------------------------------------------------------------------------- HTML reports
 
-TABLE = ['generation', 'train_entropy', 'gs_l2', 'gs_mse', 'memorization', 'fd', 'precision',
+TABLE = ['generation', 'train_entropy', 'train_entropy_dedup', 'gs_l2', 'gs_mse', 'gs_ratio',
+         'memorization', 'memorization_calibrated', 'copy_z', 'participation_ratio',
+         'mean_intensity', 'fd', 'fd_floor', 'recognizable', 'recognizable_real', 'precision',
          'recall', 'train_entropy_feat', 'gs_mse_feat', 'real_share', 'train_duplicates',
          'pool_duplicates', 'final_loss', 'train_s', 'sample_s']
 

@@ -22,8 +22,11 @@ from collapse_jax import files, layout, loop, report, selection
 
 log = logging.getLogger('collapse_jax')
 
-KEYS = ('train_entropy', 'gs_mse', 'gs_l2', 'fd', 'precision', 'recall', 'real_share',
-        'memorization', 'train_entropy_feat', 'gs_mse_feat')
+KEYS = ('train_entropy', 'train_entropy_dedup', 'gs_mse', 'gs_l2', 'gs_ratio', 'memorization',
+        'memorization_calibrated', 'copy_z', 'participation_ratio', 'train_participation_ratio',
+        'mean_intensity', 'train_mean_intensity', 'fd', 'fd_floor', 'fd_n', 'recognizable',
+        'recognizable_real', 'precision', 'recall', 'real_share', 'train_entropy_feat',
+        'gs_mse_feat')
 
 
 def _ints(text):
@@ -207,18 +210,23 @@ def _pearson_figure(plt, runs, ns, base, r):
     return fig
 
 
-def _selection_figure(plt, runs, hn, groups, space):
-    """GS and FD over generations, each family's variants at the headline N, seed band."""
-    fig, axes = plt.subplots(2, len(groups), figsize=(4.5 * len(groups), 6.4), squeeze=False)
+WHAT = {'gs_mse': 'GS (MSE, pixels)', 'copy_z': 'copy_z (<< 0: copying)',
+        'memorization_calibrated': 'memorized share (calibrated)'}
+
+
+def _selection_figure(plt, runs, hn, groups, space, keys=('gs_mse', 'fd')):
+    """`keys` over generations, each family's variants at the headline N, seed band."""
+    fig, axes = plt.subplots(len(keys), len(groups), figsize=(4.5 * len(groups), 3.2 * len(keys)),
+                             squeeze=False)
     for col, (family, variants) in enumerate(groups.items()):
-        for row, key in enumerate(('gs_mse', 'fd')):
+        for row, key in enumerate(keys):
             ax = axes[row, col]
             for v in variants:
                 g, mean, lo, hi = _spread(runs, hn, v, key)
                 if len(g):
                     ax.plot(g, mean, marker='o', label=v)
                     ax.fill_between(g, lo, hi, alpha=0.2)
-            what = 'GS (MSE, pixels)' if key == 'gs_mse' else f'FD ({space})'
+            what = WHAT.get(key, f'FD ({space})')
             _finish(ax, f'{family}: {what}, N = {hn}, band = seeds min-max')
     fig.tight_layout()
     return fig
@@ -278,6 +286,9 @@ def draw(cfg, workdir):
     figs = _by_n_figures(plt, runs, ns, seed0, base)
     figs['entropy_vs_log_gs'] = _pearson_figure(plt, runs, ns, base, r)
     figs['selection_gs_fd'] = _selection_figure(plt, runs, hn, groups, space)
+    if any(r.get('copy_z') is not None for recs in runs.values() for r in recs):
+        figs['copying'] = _selection_figure(plt, runs, hn, groups, space,
+                                            ('copy_z', 'memorization_calibrated'))
     if any(v.startswith('accumulate') for v in variants):
         figs['real_share'] = _real_share_figure(plt, runs, hn, variants)
     for name, fig in figs.items():
