@@ -92,7 +92,8 @@ def _calibrate_n(cfg, workdir, steps, engine):
                        **run.fidelity(sample))
             rec.pop('feature_info', None)
             k = min(cfg.score.nn_pairs, len(sample))
-            report.sample_grid(os.path.join(cells, f'steps{s}_samples.png'), sample[:cfg.score.grid])
+            report.sample_grid(os.path.join(cells, f'steps{s}_samples.png'),
+                               sample[:cfg.score.grid])
             report.nn_grid(os.path.join(cells, f'steps{s}_nearest.png'), sample[:k],
                            d0.images[nn_idx[:k]])
             files.save_json(os.path.join(cells, f'steps{s}.json'), rec)

@@ -96,7 +96,8 @@ class GenDir:
             p = self.file(name)
             return np.load(p) if os.path.exists(p) else None
         return TrainSet(np.load(self.file('train_images.npy')), opt('train_labels.npy'),
-                        np.load(self.file('train_source.npy')), np.load(self.file('train_index.npy')),
+                        np.load(self.file('train_source.npy')),
+                        np.load(self.file('train_index.npy')),
                         files.read_json(self.file('selection.json')))
 
     def save_pool(self, pool, labels, times, eval_sample=None):

@@ -341,8 +341,8 @@ class Run:
                                 scoring.frechet_distance(sc(self.floor_images), ref)))
         if self.cfg.data.channels == 1:
             out['recognizable'] = features.recognizable(sample, self.cfg.features)
-            out['recognizable_real'] = self._once('recognizable_real', lambda: features.recognizable(
-                self.reference['images'], self.cfg.features))
+            out['recognizable_real'] = self._once('recognizable_real', lambda: (
+                features.recognizable(self.reference['images'], self.cfg.features)))
         return out
 
     def _copy_z(self, g, d_g, pool) -> dict:

@@ -53,8 +53,8 @@ def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, copy_thresh
     out = {}
     for name, x in (('train', t), ('pool', g)):
         h, dup = scoring.knn_entropy(x, k, return_duplicates=True)
-        out.update({f'{name}_entropy': h, f'{name}_entropy_dedup': scoring.knn_entropy(x, k, dedup=True),
-                    f'{name}_duplicates': dup})
+        out.update({f'{name}_entropy': h, f'{name}_duplicates': dup,
+                    f'{name}_entropy_dedup': scoring.knn_entropy(x, k, dedup=True)})
     nn_idx, d = scoring.nearest_two(g, t)
     spacing = float(np.mean(scoring.nn_distances(t)))
     out.update(gs_l2=float(np.mean(d[:, 0])) / PM1,

@@ -151,7 +151,8 @@ def nn_distances(x, k: int = 1) -> np.ndarray:
 
 
 def entropy_from_distances(eps, d: int, k: int = 1, floor: float = 0.0) -> float:
-    """H = psi(n) - psi(k) + log c_d + (d/n) sum_i log(eps_i + floor), c_d = pi^(d/2) / Gamma(d/2+1)."""
+    """H = psi(n) - psi(k) + log c_d + (d/n) sum_i log(eps_i + floor),
+    c_d = pi^(d/2) / Gamma(d/2 + 1)."""
     eps = np.asarray(eps, np.float64)
     log_cd = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
     return (_digamma_int(len(eps)) - _digamma_int(k) + log_cd

@@ -194,7 +194,8 @@ def threshold_params(paradigm: str, space: str, tau: float = 0.0, decay: float =
 def check_config(cfg) -> None:
     """The loop section's own checks."""
     lp = cfg.loop
-    need(lp.paradigm in PARADIGMS, f'loop.paradigm={lp.paradigm!r}; allowed: {", ".join(PARADIGMS)}')
+    need(lp.paradigm in PARADIGMS,
+         f'loop.paradigm={lp.paradigm!r}; allowed: {", ".join(PARADIGMS)}')
     need(lp.selection in SELECTIONS,
          f'loop.selection={lp.selection!r}; allowed: {", ".join(SELECTIONS)}')
     need(lp.paradigm != 'accumulate_subsample' or lp.selection in ('none', 'random'),

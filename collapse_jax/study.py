@@ -33,6 +33,14 @@ def _ints(text):
     return [int(v) for v in str(text).split(',')]
 
 
+def sweep_of(cfg, seed) -> str:
+    """The variants run at `seed`: study.variants at the first seed; study.seed_variants (if
+    set, a subset that keeps the budget) at the others."""
+    first = _ints(cfg.study.seeds)[0]
+    extra = cfg.study.get('seed_variants', '')
+    return cfg.study.variants if seed == first or not extra else extra
+
+
 def runs_of(cfg):
     """[(n, seed)]: every N with the first seed, and every seed at the headline N."""
     ns, seeds = _ints(cfg.study.ns), _ints(cfg.study.seeds)
@@ -49,7 +57,7 @@ def run_study(cfg, workdir, engine=None):
     subs = []
     for n, seed in runs_of(cfg):
         sub = cfg.copy_and_resolve_references()
-        sub.data.n, sub.seed, sub.sweep = n, seed, cfg.study.variants
+        sub.data.n, sub.seed, sub.sweep = n, seed, sweep_of(cfg, seed)
         subs.append((n, seed, sub, os.path.join(workdir, layout.study_run_dirname(n, seed))))
     # every variant of every run validated before any work
     checked = [loop.sweep_configs(sub, d) for _, _, sub, d in subs]
@@ -67,17 +75,18 @@ def cost(cfg):
     candidate of accumulate (accumulate:none) trains on the growing union. Divide by measured
     rates (python -m collapse_jax.bench) for a time."""
     from collapse_jax import train
-    lp, variants = cfg.loop, layout.parse_variants(cfg.study.variants, 'study.variants')
+    lp = cfg.loop
     evals_per_image = cfg.sample.steps * (2 if cfg.model.num_classes and cfg.sample.guidance != 1
                                           else 1)
     images = evals = 0
-    for n, _ in runs_of(cfg):
+    for n, seed in runs_of(cfg):
+        variants = layout.parse_variants(sweep_of(cfg, seed), 'study.variants')
         for g in range(lp.generations):
             for paradigm, rule in (variants[:1] if g == 0 else variants):
                 grow = paradigm == 'accumulate' and selection.keeps_all(paradigm, rule)
                 size = n * (1 + g * lp.pool_factor) if grow else n
                 images += train.total_steps(cfg, size) * cfg.train.batch_size
-                evals += n * lp.pool_factor * evals_per_image
+                evals += (n * lp.pool_factor + cfg.score.eval_n) * evals_per_image
     return dict(train_images=images, unet_evals=evals)
 
 
@@ -91,7 +100,7 @@ def collect(cfg, workdir):
     """{(n, seed, 'paradigm/selection'): [records]} of the finished runs."""
     out = {}
     for n, seed in runs_of(cfg):
-        for p, s in layout.parse_variants(cfg.study.variants, 'study.variants'):
+        for p, s in layout.parse_variants(sweep_of(cfg, seed), 'study.variants'):
             rd = layout.RunDir(os.path.join(workdir, layout.study_run_dirname(n, seed),
                                             layout.variant_dirname(p, s)))
             if os.path.exists(rd.metrics):

@@ -20,4 +20,6 @@ def get_config():
     c.study = ml_collections.ConfigDict(study_cpu.get_config().study.to_dict())
     c.study.ns = '2048,16384,32768'
     c.study.headline_n = 32768
+    c.study.variants = c.sweep      # every variant of the paper's config, at every seed
+    c.study.seed_variants = ''
     return c

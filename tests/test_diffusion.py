@@ -32,8 +32,9 @@ def chain_std(acp, steps, s, variance):
     return np.sqrt(v)
 
 
-@pytest.mark.parametrize('steps,variance', [pytest.param(1000, 'fixed_small', marks=pytest.mark.slow),
-                                            (50, 'fixed_small'), (50, 'fixed_large')])
+@pytest.mark.parametrize('steps,variance', [
+    pytest.param(1000, 'fixed_small', marks=pytest.mark.slow), (50, 'fixed_small'),
+    (50, 'fixed_large')])
 def test_sampler_with_exact_score_matches_closed_form(steps, variance):
     acp = diffusion.linear_alphas_cumprod()
     mu, s = 0.2, 0.3

@@ -112,7 +112,8 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
     cfg, want, _ = uninterrupted
     with monkeypatch.context() as m:
         if where == 'train':  # generation 1, step 5: after the step-3 checkpoint
-            crash_once(m, train_lib, 'batch_indices', lambda n, b, step, seed, g: (g, step) == (1, 5))
+            crash_once(m, train_lib, 'batch_indices',
+                       lambda n, b, step, seed, g: (g, step) == (1, 5))
         elif where == 'sample':
             crash_once(m, loop, 'sample_pool', lambda *a: a[4] == 1)
         elif where == 'score':
@@ -260,13 +261,14 @@ def test_experiment_configs_validate():
     from configs import cifar10_paper, study_cifar10, study_cpu
     from collapse_jax import study
     s = study_cpu.get_config()
-    assert len(study.runs_of(s)) == 4 and len(s.study.variants.split(',')) == 6
-    for n, _ in study.runs_of(s):  # every (N, seed) x variant of the CPU study is valid
-        s.data.n, s.sweep = n, s.study.variants
-        assert len(loop.sweep_configs(s, '/unused')) == 6
+    assert study.runs_of(s) == [(512, 0), (512, 1)] and s.loop.generations == 6
+    for n, seed in study.runs_of(s):  # every (N, seed) x variant of the CPU study is valid
+        s.data.n, s.sweep = n, study.sweep_of(s, seed)
+        assert len(loop.sweep_configs(s, '/unused')) == (4 if seed == 0 else 2)
     big = study_cifar10.get_config()  # the paper's schedule: epochs x N / batch fixed
     assert big.train.steps == 500 * 32768 // 128 == 8000 * 2048 // 128
-    assert big.study.variants == s.study.variants and big.study.headline_n == 32768
+    assert big.study.variants == big.sweep and big.study.headline_n == 32768
+    assert 'accumulate_subsample:none' in big.sweep and 'accumulate:none' not in big.sweep
     for mod in (cifar10_paper, study_cifar10):  # the paper's spaces need the user's weights
         with pytest.raises(ValueError, match="loop.feature_space='dinov2' needs features.dinov2"):
             loop.sweep_configs(mod.get_config(), '/unused')

@@ -16,8 +16,14 @@ def toy(ns='16,24', seeds='0,1', headline=16, variants=VARIANTS, generations=2):
     import ml_collections
     cfg = tiny(generations=generations)
     cfg.study = ml_collections.ConfigDict(dict(ns=ns, seeds=seeds, headline_n=headline,
-                                               variants=variants))
+                                               variants=variants, seed_variants=''))
     return cfg
+
+
+def test_later_seeds_may_run_a_subset_of_the_variants():
+    cfg = toy(seeds='0,1')
+    cfg.study.seed_variants = 'replace:none'
+    assert study.sweep_of(cfg, 0) == VARIANTS and study.sweep_of(cfg, 1) == 'replace:none'
 
 
 def test_runs_every_size_with_the_first_seed_and_every_seed_at_the_headline_size():
@@ -76,7 +82,12 @@ def test_cost_counts_every_training_and_sampler_call_by_hand():
     # runs (16, 0), (24, 0), (16, 1); generation 0 once per run, then each variant per generation;
     # accumulate:none trains on N (1 + 2g) images, so ceil(2 * size / 8) steps of batch 8
     steps = {16: [4] + [4, 12] + [4, 20], 24: [6] + [6, 18] + [6, 30]}
+    # each sampling: the 2N pool and the 32-image evaluation sample, 5 steps each
+    evals = 5 * 5 * (2 * (16 + 24 + 16) + 3 * 32)
     assert study.cost(cfg) == dict(train_images=8 * sum(sum(steps[n]) for n in (16, 24, 16)),
-                                   unet_evals=5 * 2 * 5 * (16 + 24 + 16))
+                                   unet_evals=evals)
     cfg.model.num_classes, cfg.sample.guidance = 10, 2.0  # guidance: two evaluations per step
-    assert study.cost(cfg)['unet_evals'] == 2 * 5 * 2 * 5 * (16 + 24 + 16)
+    assert study.cost(cfg)['unet_evals'] == 2 * evals
+    cfg.study.seed_variants = 'replace:none'  # seed 1 runs one variant: 1 + 2 gens, not 1 + 2 x 2
+    cfg.model.num_classes = 0
+    assert study.cost(cfg)['unet_evals'] == evals - 5 * 2 * (2 * 16 + 32)
