@@ -77,7 +77,7 @@ def _calibrate_n(cfg, workdir, steps, engine):
         return
     run = loop.Run(cfg, workdir, engine)
     os.makedirs(workdir, exist_ok=True)
-    loop._check_workdir_config(run.dir.config, cfg.to_json(sort_keys=True))
+    loop.check_workdir_config(run.dir.config, cfg.to_json(sort_keys=True))
     d0 = run.first_training_set()
 
     def measure_at(s):

@@ -38,8 +38,10 @@ def validate(cfg, dataset_size: int | None = None):
              f'data.source={cfg.data.source!r}')
 
 
-def fresh_per_generation(cfg):
-    return int(round(cfg.loop.fresh_fraction * cfg.data.n)) if cfg.loop.paradigm == 'fresh' else 0
+def fresh_per_generation(cfg, n=None):
+    """New real images per generation under 'fresh', for a training set of n (default N)."""
+    n = cfg.data.n if n is None else n
+    return int(round(cfg.loop.fresh_fraction * n)) if cfg.loop.paradigm == 'fresh' else 0
 
 
 def _barrier(name):
@@ -60,7 +62,7 @@ def _flatten(d, prefix=''):
 RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr')
 
 
-def _check_workdir_config(path, cfg_json):
+def check_workdir_config(path, cfg_json):
     if os.path.exists(path):
         old, new = _flatten(files.read_json(path)), _flatten(json.loads(cfg_json))
         diff = sorted(k for k in old.keys() | new.keys()
@@ -215,7 +217,7 @@ class Run:
     def run(self) -> list:
         """The phase machine: every phase not yet done, generation by generation."""
         os.makedirs(self.dir.root, exist_ok=True)
-        _check_workdir_config(self.dir.config, self.cfg.to_json(sort_keys=True))
+        check_workdir_config(self.dir.config, self.cfg.to_json(sort_keys=True))
         d_g, g0 = self.first_training_set(), self.dir.gen(0)
         if self.writer and not g0.has_train_set():
             g0.save_train_set(d_g)
@@ -382,7 +384,7 @@ class Run:
         """(n, pool size) of the mirror: the run's pool_factor, scaled to E_i's size; capped by
         the held-out real images where the paradigm needs real ones."""
         cfg = self.cfg
-        n = max(2, round(cfg.data.n * cfg.score.eval_n / (cfg.data.n * cfg.loop.pool_factor)))
+        n = max(2, round(cfg.score.eval_n / cfg.loop.pool_factor))
         if cfg.loop.paradigm.startswith('accumulate'):
             n = min(n, len(self.mirror_real))
         return n, min(cfg.score.eval_n, n * cfg.loop.pool_factor)
@@ -417,7 +419,7 @@ class Run:
         images under 'fresh'). mirror: the same rule on independent draws (copy_z's H_{g+1})."""
         cfg, lp, t0 = self.cfg, self.cfg.loop, time.time()
         c = self._candidates(g, mirror)
-        fresh_n = round(lp.fresh_fraction * c.info['n']) if self.real.fresh_n else 0
+        fresh_n = fresh_per_generation(cfg, c.info['n'])
         want = c.info['n'] - fresh_n
         info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(c.images)))
         if not selection.keeps_all(lp.paradigm, lp.selection):

@@ -52,11 +52,16 @@ def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, copy_thresh
     t, g = features.pixel(train), features.pixel(gen)
     out = {}
     for name, x in (('train', t), ('pool', g)):
-        h, dup = scoring.knn_entropy(x, k, return_duplicates=True)
-        out.update({f'{name}_entropy': h, f'{name}_duplicates': dup,
-                    f'{name}_entropy_dedup': scoring.knn_entropy(x, k, dedup=True)})
+        eps, dup = scoring.nn_distances(x, k), scoring.count_duplicates(x)
+        out.update({f'{name}_duplicates': dup,
+                    f'{name}_entropy': scoring.entropy_from_distances(eps, x.shape[1], k,
+                                                                      scoring.PAPER_FLOOR),
+                    # without copies the de-duplicated set is the set: same distances
+                    f'{name}_entropy_dedup': scoring.entropy_from_distances(eps, x.shape[1], k)
+                    if dup == 0 else scoring.knn_entropy(x, k, dedup=True)})
+        if name == 'train':
+            spacing = float(np.mean(eps)) if k == 1 else float(np.mean(scoring.nn_distances(t)))
     nn_idx, d = scoring.nearest_two(g, t)
-    spacing = float(np.mean(scoring.nn_distances(t)))
     out.update(gs_l2=float(np.mean(d[:, 0])) / PM1,
                gs_mse=float(np.mean(d[:, 0] ** 2)) / t.shape[1] / PM1 ** 2,
                gs_ratio=float(np.mean(d[:, 0])) / spacing if spacing > 0 else None,
