@@ -8,6 +8,7 @@
   calibrate python main.py --mode=calibrate --config=configs/calibrate_cpu.py --workdir=<dir>
 """
 import logging as pylogging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -29,7 +30,6 @@ FLAGS = flags.FLAGS
 
 def _label(run_dir):
     import json
-    import os
     try:
         with open(os.path.join(run_dir, 'config.json')) as f:
             lp = json.load(f)['loop']
@@ -46,6 +46,9 @@ def dispatch():
         return
     if not FLAGS.workdir:
         sys.exit('error: --workdir is required')
+    if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+        sys.exit(f'error: --workdir={FLAGS.workdir} is a file; give a directory (new or a run to '
+                 'resume)')
     if FLAGS.mode == 'compare':
         from collapse_jax import report
         if len(FLAGS.runs) < 1:
@@ -56,9 +59,16 @@ def dispatch():
         print(report.write_compare(FLAGS.workdir, dict(zip(labels, FLAGS.runs))))
         return
     from collapse_jax import loop, parallel  # after flag parsing: keeps --help fast
-    cfg = FLAGS.config
-    if cfg is None:
+    if not FLAGS['config'].present:
         sys.exit('error: --config is required')
+    path = config_flags.get_config_filename(FLAGS['config'])
+    if not os.path.isfile(path):
+        sys.exit(f'error: --config={path}: no such file')
+    cfg = FLAGS.config
+    loop.check_top_level(cfg)  # cpu_devices takes effect only before JAX starts
+    if cfg.cpu_devices:
+        import jax
+        jax.config.update('jax_num_cpu_devices', cfg.cpu_devices)
     if cfg.distributed:
         parallel.initialize()
     if FLAGS.mode == 'study':

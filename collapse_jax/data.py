@@ -203,6 +203,10 @@ class RealSplit:
 def check_config(cfg) -> None:
     """The data section's own checks (the source itself is checked when it is read)."""
     d = cfg.data
+    need(d.source, "data.source=''; allowed: mnist5k, digits, a TFDS name, a .npy file or a folder")
+    need(d.split, "data.split=''; must name a TFDS split (for example 'train')")
+    need(not d.data_dir or os.path.isdir(d.data_dir), f'data.data_dir={d.data_dir!r}: no such '
+         "directory ('' = the TFDS default)")
     need(d.resolution > 0, f'data.resolution={d.resolution}; must be > 0')
     need(d.n >= 2, f'data.n={d.n}; must be >= 2')
     need(d.channels in (1, 3), f'data.channels={d.channels}; allowed: 1, 3')

@@ -498,6 +498,9 @@ def check(name, weights=None):
 def check_config(cfg) -> None:
     """The feature spaces a run uses (loop.feature_space, the score space) and their weights."""
     need(cfg.features.batch_size > 0, f'features.batch_size={cfg.features.batch_size}; must be > 0')
+    for name in NETWORKS:
+        path = cfg.features[name]
+        need(not path or os.path.exists(path), f'features.{name}={path!r}: no such file')
     for field, space in (('loop.feature_space', cfg.loop.feature_space),
                          ('score.feature_space', score_space(cfg))):
         need(space in SPACES, f'{field}={space!r}; allowed: {", ".join(SPACES)}')

@@ -28,6 +28,7 @@ log = logging.getLogger('collapse_jax')
 
 def validate(cfg, dataset_size: int | None = None):
     """Every section's own checks, composed; raises ValueError naming the field."""
+    check_top_level(cfg)
     for check in (data.check_config, train_lib.check_config, diffusion.check_config,
                   selection.check_config, measure.check_config, features.check_config):
         check(cfg)
@@ -36,6 +37,14 @@ def validate(cfg, dataset_size: int | None = None):
         need(cfg.data.n + extra <= dataset_size,
              f'data.n={cfg.data.n} (+{extra} fresh) exceeds the {dataset_size} images of '
              f'data.source={cfg.data.source!r}')
+
+
+def check_top_level(cfg) -> None:
+    """The fields outside any section."""
+    for field in ('seed', 'cpu_devices'):
+        need(cfg[field] >= 0, f'{field}={cfg[field]}; must be >= 0')
+    if cfg.sweep:  # the form here; each variant's paradigm and rule by its own validate
+        layout.parse_variants(cfg.sweep)
 
 
 def fresh_per_generation(cfg, n=None):
@@ -59,7 +68,7 @@ def _flatten(d, prefix=''):
 
 # fields a resumed run may change: extending the run, logging more or less often, and the
 # learning rate (the advice after a non-finite loss is to resume with a lower one)
-RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr')
+RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr', 'cpu_devices')
 
 
 def check_workdir_config(path, cfg_json):

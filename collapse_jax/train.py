@@ -70,6 +70,7 @@ def check_config(cfg) -> None:
     need(t.steps > 0 or (t.steps == 0 and t.epochs > 0),
          f'train.steps={t.steps}, train.epochs={t.epochs}; need steps > 0, or steps = 0 and '
          'epochs > 0')
+    need(t.epochs >= 0, f'train.epochs={t.epochs}; must be >= 0')
     need(t.lr > 0, f'train.lr={t.lr}; must be > 0')
     for field in ('b1', 'b2', 'ema_decay'):
         need(0 <= t[field] < 1, f'train.{field}={t[field]}; allowed: 0 <= x < 1')

@@ -10,6 +10,10 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0                      # base seed: data subset, init, per-step keys, selection
     c.distributed = False           # call jax.distributed.initialize() (TPU pod slice, multi-node)
+    # > 0: split the host CPU into this many JAX devices before JAX starts (main.py). On a
+    # multi-core CPU, data parallelism over them beats XLA's intra-op threads for small UNets
+    # (2 on 2 cores: 1.3x the train steps per second). No effect on GPU or TPU devices.
+    c.cpu_devices = 0
     # Run several (paradigm:selection) variants, each in <workdir>/<paradigm>_<selection>, and
     # draw them on shared axes; '' runs loop.paradigm / loop.selection in <workdir> itself.
     c.sweep = ''
