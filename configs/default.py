@@ -91,8 +91,8 @@ def get_config():
     # Feature-network weights, local files in the PyTorch layout (.safetensors, .npz, or .pth
     # converted with `python -m collapse_jax.features convert`); nothing is downloaded.
     c.features = fe = ml_collections.ConfigDict()
-    fe.digits = ''                  # digits CNN cache ('' = ~/.cache/collapse_jax/digits_cnn.npz,
-                                    # or $COLLAPSE_JAX_CACHE); trained on first use if missing
+    fe.digits = ''                  # digits CNN weights ('' = the project's fixed, hash-checked
+                                    # collapse_jax/assets/digits_cnn.npz)
     fe.inception = ''               # Inception-v3 FID weights (pytorch-fid's pt_inception-*.pth)
     fe.dinov2 = ''                  # DINOv2 ViT-S/14 weights (dinov2_vits14_pretrain.pth)
     fe.batch_size = 64              # images per compiled feature-network call

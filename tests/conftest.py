@@ -10,12 +10,7 @@ import jax  # noqa: E402
 
 assert jax.device_count() == 4, 'tests expect 4 faked CPU devices (set before jax is imported)'
 
-import tempfile  # noqa: E402
-
 import pytest  # noqa: E402
-
-# the digits classifier is trained by the tests themselves, never read from a user's cache
-os.environ['COLLAPSE_JAX_CACHE'] = tempfile.mkdtemp(prefix='collapse_jax_cache_')
 
 
 @pytest.fixture(scope='session')

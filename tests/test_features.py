@@ -1,6 +1,10 @@
 """Feature networks against straightforward numpy computations of the same networks, on
-checkpoints the tests write in the PyTorch layout; the digits classifier's real accuracy."""
+checkpoints the tests write in the PyTorch layout; the digits classifier's fixed weights, pinned
+features and real accuracy."""
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +14,8 @@ from scipy.special import erf
 from collapse_jax import features as F
 from flax import nnx
 import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _torch_layout_shapes(model):
@@ -241,18 +247,42 @@ def test_convert_reads_a_pytorch_pickle(tmp_path):
     np.testing.assert_array_equal(F.load_state_dict(dst)['w.weight'], [[0, 1], [2, 3]])
 
 
-@pytest.mark.slow
-def test_digits_classifier_is_accurate_and_cached(digits_features):
+def test_digits_classifier_is_the_fixed_file_and_accurate(digits_features):
     f = digits_features
-    print(f'digits classifier held-out accuracy: {f.info["accuracy"]:.4f}')
-    assert f.info['accuracy'] >= 0.95
-    assert os.path.exists(os.path.join(F.cache_dir(), 'digits_cnn.npz'))
+    assert F.sha256(F.DIGITS_WEIGHTS) == F.DIGITS_SHA256
+    assert f.info['accuracy'] == pytest.approx(0.968, abs=1e-6)  # stored with the weights
     from collapse_jax import data
     x, y = data.read_source('mnist5k')
     feats = f(x[:200])
     assert feats.shape == (200, 128) and np.all(np.isfinite(feats))
+    # pinned: the same features on every machine, so digits-space FDs reproduce
+    np.testing.assert_allclose(feats[:4].astype(np.float64).sum(1),
+                               [219.43787, 232.87939, 210.73436, 226.96659], rtol=1e-5)
+    np.testing.assert_allclose(feats[:2, 1], [3.21100, 3.79010], rtol=1e-4)
     # features separate the classes: nearest neighbour (leave-one-out) mostly shares the label
     d = ((feats[:, None] - feats[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     assert np.mean(y[:200][d.argmin(1)] == y[:200]) > 0.8
     assert F.get('digits') is f  # one model (and one compilation) per process
+
+
+def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / 'digits_cnn.npz'
+    bad.write_bytes(open(F.DIGITS_WEIGHTS, 'rb').read()[:-1] + b'x')
+    monkeypatch.setattr(F, 'DIGITS_WEIGHTS', str(bad))
+    with pytest.raises(ValueError, match='not the project.s digits weights'):
+        F.digits_classifier()
+    with pytest.raises(ValueError, match='features.digits=.*no such file'):
+        F.digits_classifier(str(tmp_path / 'none.npz'))
+
+
+@pytest.mark.slow
+def test_train_digits_command_writes_an_accurate_classifier(tmp_path):
+    out = str(tmp_path / 'digits.npz')
+    p = subprocess.run([sys.executable, '-m', 'collapse_jax.features', 'train-digits', out],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rec['heldout_accuracy'] >= 0.95 and rec['sha256'] == F.sha256(out)
+    model, acc = F.digits_classifier(out)
+    assert acc == pytest.approx(rec['heldout_accuracy'])
