@@ -90,8 +90,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and JAX are chatty at INFO
     pylogging.basicConfig(format='%(asctime)s %(message)s', datefmt='%H:%M:%S', force=True)
     pylogging.getLogger('collapse_jax').setLevel(pylogging.INFO)
+    from collapse_jax.loop import Stopped
     try:
         dispatch()
+    except Stopped as e:  # preempted: a checkpoint is saved; exit cleanly
+        pylogging.getLogger('collapse_jax').warning('%s', e)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         logging.debug('error', exc_info=True)
         sys.exit(f'error: {e}')

@@ -83,6 +83,11 @@ def check_workdir_config(path, cfg_json):
         files.atomic_write(path, lambda f: f.write(cfg_json.encode()))
 
 
+class Stopped(Exception):
+    """SIGTERM stopped the run at a checkpoint; the same command resumes it. Raised, not
+    returned, so that a sweep or a study does not go on to its next variant."""
+
+
 class _Preemption:
     """SIGTERM (TPU preemption notice) -> save a checkpoint at the next step and exit cleanly."""
 
@@ -241,8 +246,7 @@ class Run:
                 if not gd.has_pool():                                    # phase 1: train, sample
                     times = self.train_and_sample(g, d_g, should_stop=lambda: pre.flag)
                     if times is None:
-                        log.warning('stopped by SIGTERM in generation %d; rerun to resume', g)
-                        return []
+                        raise Stopped(f'stopped by SIGTERM in generation {g}; rerun to resume')
                 if not any(r['generation'] == g for r in records):      # phase 2: score
                     rec = self.score(g, d_g, self.pool(g)[0], times or gd.times())
                     records = self._add_record(records, rec)

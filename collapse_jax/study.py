@@ -19,6 +19,7 @@ import shutil
 import numpy as np
 
 from collapse_jax import files, layout, loop, report, selection
+from collapse_jax.data import need
 
 log = logging.getLogger('collapse_jax')
 
@@ -49,21 +50,37 @@ def runs_of(cfg):
     return out
 
 
+def plan(cfg, workdir):
+    """[(n, seed, config, run directory)] in the order they run. With study.seed_variants the
+    variants every seed runs go first, at every seed, so that a study cut short already holds the
+    seed spread; then each run's remaining variants (its finished ones resume at once)."""
+    need(cfg.study.headline_n in _ints(cfg.study.ns),
+         f'study.headline_n={cfg.study.headline_n} must be one of study.ns={cfg.study.ns!r}')
+    shared = cfg.study.get('seed_variants', '')
+    every = layout.parse_variants(cfg.study.variants, 'study.variants')
+    if shared:
+        some = layout.parse_variants(shared, 'study.seed_variants')
+        need(set(some) <= set(every) and some[0] == every[0],
+             f'study.seed_variants={shared!r} must be a subset of study.variants that starts '
+             f'with its first variant ({":".join(every[0])}, which trains generation 0)')
+    out = []
+    for n, seed in runs_of(cfg):
+        for sweep in dict.fromkeys([shared, sweep_of(cfg, seed)] if shared else
+                                   [sweep_of(cfg, seed)]):
+            sub = cfg.copy_and_resolve_references()
+            sub.data.n, sub.seed, sub.sweep = n, seed, sweep
+            out.append((n, seed, sub, os.path.join(workdir, layout.study_run_dirname(n, seed))))
+    return sorted(out, key=lambda s: s[2].sweep != shared)  # stable: the shared passes first
+
+
 def run_study(cfg, workdir, engine=None):
     """Runs (or resumes) every run of the study, then draws it. Returns the results dict."""
-    if cfg.study.headline_n not in _ints(cfg.study.ns):
-        raise ValueError(f'study.headline_n={cfg.study.headline_n} must be one of '
-                         f'study.ns={cfg.study.ns!r}')
-    subs = []
-    for n, seed in runs_of(cfg):
-        sub = cfg.copy_and_resolve_references()
-        sub.data.n, sub.seed, sub.sweep = n, seed, sweep_of(cfg, seed)
-        subs.append((n, seed, sub, os.path.join(workdir, layout.study_run_dirname(n, seed))))
+    subs = plan(cfg, workdir)
     # every variant of every run validated before any work
     checked = [loop.sweep_configs(sub, d) for _, _, sub, d in subs]
     engine = engine or loop.Engine(checked[0][0][1])
     for n, seed, sub, d in subs:
-        log.info('study: N=%d seed=%d -> %s', n, seed, d)
+        log.info('study: N=%d seed=%d %s -> %s', n, seed, sub.sweep, d)
         loop.run(sub, d, engine=engine)
     return draw(cfg, workdir)
 

@@ -130,6 +130,22 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
     assert [json.loads(x)['generation'] for x in lines] == [0, 1]  # no duplicates
 
 
+def test_a_preempted_sweep_stops_instead_of_starting_its_next_variant(tmp_path, engine,
+                                                                      monkeypatch):
+    class Preempted(loop._Preemption):
+        def __enter__(self):
+            super().__enter__()
+            self.flag = True  # as if SIGTERM came before the first step
+            return self
+    monkeypatch.setattr(loop, '_Preemption', Preempted)
+    cfg = tiny(generations=2)
+    cfg.sweep = 'replace:none,replace:greedy'
+    with pytest.raises(loop.Stopped, match='stopped by SIGTERM in generation 0'):
+        loop.run(cfg, str(tmp_path), engine)
+    assert (tmp_path / 'replace_none' / 'gen_000' / 'ckpt').exists()  # the checkpoint is saved
+    assert not (tmp_path / 'replace_greedy').exists()
+
+
 def test_validation_names_the_field():
     for field, value, match in [('paradigm', 'recycle', 'loop.paradigm'),
                                 ('selection', 'best', 'loop.selection'),

@@ -26,6 +26,19 @@ def test_later_seeds_may_run_a_subset_of_the_variants():
     assert study.sweep_of(cfg, 0) == VARIANTS and study.sweep_of(cfg, 1) == 'replace:none'
 
 
+def test_the_variants_every_seed_runs_go_first_at_every_seed(tmp_path):
+    cfg = toy(seeds='0,1')
+    cfg.study.seed_variants = 'replace:none'
+    order = [(n, seed, sub.sweep) for n, seed, sub, _ in study.plan(cfg, str(tmp_path))]
+    assert order == [(16, 0, 'replace:none'), (24, 0, 'replace:none'), (16, 1, 'replace:none'),
+                     (16, 0, VARIANTS), (24, 0, VARIANTS)]
+    assert [(n, s) for n, s, _ in order[:3]] == study.runs_of(cfg)
+    for bad in ('accumulate:greedy', 'replace:greedy'):  # must start with the first; a subset
+        cfg.study.seed_variants = bad
+        with pytest.raises(ValueError, match='study.seed_variants=.*subset of study.variants'):
+            study.plan(cfg, str(tmp_path))
+
+
 def test_runs_every_size_with_the_first_seed_and_every_seed_at_the_headline_size():
     assert study.runs_of(toy(ns='32,64,128', seeds='0,1,2', headline=64)) == [
         (32, 0), (64, 0), (128, 0), (64, 1), (64, 2)]
