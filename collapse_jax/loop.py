@@ -66,16 +66,18 @@ def _flatten(d, prefix=''):
     return out
 
 
-# fields a resumed run may change: extending the run, logging more or less often, and the
-# learning rate (the advice after a non-finite loss is to resume with a lower one)
-RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr', 'cpu_devices')
+# fields a resumed run may change: extending the run, logging more or less often, the
+# learning rate (the advice after a non-finite loss is to resume with a lower one), how the host
+# CPU is split, and the study section (which runs a study makes, not what one run does)
+RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr', 'cpu_devices',
+                     'study.')
 
 
 def check_workdir_config(path, cfg_json):
     if os.path.exists(path):
         old, new = _flatten(files.read_json(path)), _flatten(json.loads(cfg_json))
         diff = sorted(k for k in old.keys() | new.keys()
-                      if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+                      if not k.startswith(RESUMABLE_CHANGES) and old.get(k) != new.get(k))
         need(not diff, f'workdir {os.path.dirname(path)} holds a run with a different config '
              f'({", ".join(diff)}); resume with the same config, or use a new --workdir (delete '
              'its config.json to force)')

@@ -234,6 +234,7 @@ def test_workdir_with_another_config_is_refused(tmp_path, engine):
         loop.run_generations(tiny(generations=1, selection='greedy'), str(tmp_path), engine)
     lower_lr = tiny(generations=1)
     lower_lr.train.lr = 1e-4  # what the non-finite-loss message advises: accepted
+    lower_lr.cpu_devices = 2  # how the host is split: accepted
     assert len(loop.run_generations(lower_lr, str(tmp_path), engine)) == 1
 
 
