@@ -137,6 +137,9 @@ class RunDir:
     curves = property(lambda self: self.file('curves.png'))
     entropy_gs = property(lambda self: self.file('entropy_gs.png'))
     report = property(lambda self: self.file('report.html'))
+    train_log = property(lambda self: self.file('train_log.jsonl'))
+    loss = property(lambda self: self.file('loss.png'))
+    tensorboard = property(lambda self: self.file('tb'))
 
     def gen(self, g) -> GenDir:
         return GenDir(self.root, g)

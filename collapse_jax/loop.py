@@ -158,17 +158,18 @@ def sweep_configs(cfg, workdir):
     return out
 
 
-def run(cfg, workdir, engine=None):
+def run(cfg, workdir, engine=None, later=0):
     """Runs cfg.sweep's variants (or the one configured) under workdir. Returns {label: records}.
     A sweep varies only loop fields, so its variants share one Engine (one compilation) and
-    the generation-0 pool."""
+    the generation-0 pool. `later`: generations the caller runs after this (for the ETA)."""
     variants = sweep_configs(cfg, workdir)
     engine, runs = engine or Engine(variants[0][1]), {}
     for i, (label, sub, rd) in enumerate(variants):
         if i and jax.process_index() == 0:
             rd.copy_generation_zero_from(variants[0][2])
         _barrier(f'share {rd.root}')
-        runs[label] = Run(sub, rd.root, engine).run()
+        after = later + (len(variants) - 1 - i) * (cfg.loop.generations - 1)
+        runs[label] = Run(sub, rd.root, engine, later=after).run()
     if cfg.sweep and jax.process_index() == 0:
         report.write_compare(workdir, {label: rd.root for label, _, rd in variants})
     return runs
@@ -183,7 +184,7 @@ class Run:
     """One variant's run: its config, directory, engine, the real split, the featurizers and the
     held-out reference."""
 
-    def __init__(self, cfg, workdir, engine=None):
+    def __init__(self, cfg, workdir, engine=None, later=0):
         validate(cfg)
         images, labels = data.load(cfg.data)
         validate(cfg, dataset_size=len(images))
@@ -211,6 +212,9 @@ class Run:
             parts['reference']) else None
         self.mirror_real = self.real.images[parts['mirror']]
         self._cache = {}  # per-run constants: reference features, FD floor, copy threshold
+        # the ETA: generations run after this variant, and the wall time of the last generation
+        # this process trained
+        self.later, self._per_gen = later, None
 
     def _reference(self, rows):
         """The reference of the Frechet distance and precision/recall; D_0 itself only if the
@@ -244,7 +248,7 @@ class Run:
                 gd = self.dir.gen(g)
                 if d_g is None:  # resumed: D_g was made by an earlier process
                     d_g = gd.load_train_set()
-                times = None
+                times, t_gen = None, time.time()
                 if not gd.has_pool():                                    # phase 1: train, sample
                     times = self.train_and_sample(g, d_g, should_stop=lambda: pre.flag)
                     if times is None:
@@ -258,7 +262,44 @@ class Run:
                     if self.writer:
                         self.dir.gen(g + 1).save_train_set(d_g)
                     _barrier(f'training set {g + 1}')
+                if times is not None:
+                    self._per_gen = time.time() - t_gen
         return records
+
+    def _after(self, g):
+        """The run's seconds left once generation g's training ends, from its projected training
+        seconds: the rest of generation g and every generation after it, each as long as the last
+        one this process ran (before there is one: as its training alone)."""
+        gens = self.cfg.loop.generations - 1 - g + self.later
+
+        def after(train_s):
+            per = self._per_gen or train_s
+            return max(per - train_s, 0.0) + per * gens
+        return after
+
+    def _on_log(self, g):
+        """Generation g's progress lines -> train_log.jsonl (rewritten atomically; a resumed
+        generation replaces its rows from the resume step on) and TensorBoard: one event run per
+        generation (<run>/tb/gen_XXX), so that `tensorboard --logdir <workdir>` overlays every
+        generation of every variant."""
+        if not self.writer:
+            return None
+        from tensorboardX import SummaryWriter
+        state = {}
+
+        def on_log(step, metrics):
+            if not state:
+                state['rows'] = [r for r in files.read_jsonl(self.dir.train_log)
+                                 if r['generation'] != g or r['step'] < step]
+                state['tb'] = SummaryWriter(os.path.join(self.dir.tensorboard, f'gen_{g:03d}'),
+                                            flush_secs=10)
+            state['rows'].append(dict(generation=g, step=step, **metrics))
+            files.save_jsonl(self.dir.train_log, state['rows'])
+            for k, v in metrics.items():
+                state['tb'].add_scalar(f'train/{k}', v, step)
+            state['tb'].flush()
+        on_log.close = lambda: state['tb'].close() if state else None
+        return on_log
 
     def pool(self, g):
         """S_g as (uint8 images, labels or None): made in this process, or read from its file."""
@@ -275,11 +316,16 @@ class Run:
     def train_and_sample(self, g, d_g: layout.TrainSet, should_stop=lambda: False):
         """Trains generation g's model (resuming its checkpoint) and samples its pool. Returns
         the phase's times, or None if stopped by SIGTERM."""
-        cfg, gd, t0 = self.cfg, self.dir.gen(g), time.time()
-        state, info = train_lib.train_generation(
-            cfg, d_g.images, d_g.labels, generation=g, ckpt_dir=gd.ckpt, mesh=self.engine.mesh,
-            graphdef=self.engine.graphdef, params=train_lib.init_params(cfg),
-            should_stop=should_stop, compiled=self.engine.train_steps)
+        cfg, gd, t0, on_log = self.cfg, self.dir.gen(g), time.time(), self._on_log(g)
+        try:
+            state, info = train_lib.train_generation(
+                cfg, d_g.images, d_g.labels, generation=g, ckpt_dir=gd.ckpt,
+                mesh=self.engine.mesh, graphdef=self.engine.graphdef,
+                params=train_lib.init_params(cfg), should_stop=should_stop,
+                compiled=self.engine.train_steps, on_log=on_log, after_s=self._after(g))
+        finally:
+            if on_log is not None:
+                on_log.close()
         if info['stopped']:
             return None
         times = dict(train_s=time.time() - t0, final_loss=info['final_loss'], steps=info['steps'])

@@ -114,6 +114,24 @@ def plot_curves(path, runs):
     _save_fig(path, fig)
 
 
+def plot_loss(path, rows):
+    """train_log.jsonl rows -> the training loss against step, one line per generation."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    gens = sorted({r['generation'] for r in rows})
+    for g in gens:
+        pts = sorted((r['step'], r['loss']) for r in rows if r['generation'] == g)
+        ax.plot(*zip(*pts), lw=1, color=plt.cm.viridis(g / max(len(gens) - 1, 1)),
+                label=f'generation {g}')
+    ax.set_yscale('log')
+    ax.set_xlabel('step', fontsize=7)
+    ax.set_title('training loss (logged steps)', fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    _save_fig(path, fig)
+
+
 def pca_axes(real):
     """Mean and top-2 principal directions of the real images (pixels in [-1, 1])."""
     x = data.to_pm1(real.reshape(len(real), -1)).astype(np.float64)
@@ -249,6 +267,10 @@ def write_report(run_dir, records, cfg):
             f'{html.escape(space)} {rs["feat"]:.3f} (the paper: 0.91, DINOv2 features, across '
             'generations and dataset sizes).</p>',
             _img(run_dir.entropy_gs, 'entropy vs log GS')]
+    train_log = files.read_jsonl(run_dir.train_log)
+    if train_log:
+        plot_loss(run_dir.loss, train_log)
+        body += ['<h2>Training loss</h2>', _img(run_dir.loss, 'training loss')]
     for r in records:
         g, gd = r['generation'], run_dir.gen(r['generation'])
         body += [f'<h2>Generation {g}</h2><p>samples; generated (top) beside nearest training '

@@ -79,9 +79,16 @@ def run_study(cfg, workdir, engine=None):
     # every variant of every run validated before any work
     checked = [loop.sweep_configs(sub, d) for _, _, sub, d in subs]
     engine = engine or loop.Engine(checked[0][0][1])
-    for n, seed, sub, d in subs:
+    # the generations each pass adds (for the ETA): generation 0 once per run, then G - 1 for
+    # each variant an earlier pass of the same run has not run
+    adds, seen = [], set()
+    for _, _, sub, d in subs:
+        new = [v for v in layout.parse_variants(sub.sweep) if (d, v) not in seen]
+        adds.append(len(new) * (cfg.loop.generations - 1) + (d not in seen))
+        seen |= {(d, v) for v in new} | {d}
+    for i, (n, seed, sub, d) in enumerate(subs):
         log.info('study: N=%d seed=%d %s -> %s', n, seed, sub.sweep, d)
-        loop.run(sub, d, engine=engine)
+        loop.run(sub, d, engine=engine, later=sum(adds[i + 1:]))
     return draw(cfg, workdir)
 
 

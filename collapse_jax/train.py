@@ -88,12 +88,17 @@ def total_steps(cfg, n: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * n / cfg.train.batch_size))
 
 
+def lr_schedule(cfg, steps: int):
+    """Linear warm-up from 0, then cosine decay to 0 over the generation's steps."""
+    t = cfg.train
+    return optax.warmup_cosine_decay_schedule(
+        0.0, t.lr, min(t.warmup_steps, steps), max(steps, t.warmup_steps + 1), end_value=0.0)
+
+
 def make_optimizer(cfg, steps: int):
     t = cfg.train
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, t.lr, min(t.warmup_steps, steps), max(steps, t.warmup_steps + 1), end_value=0.0)
     return optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                       optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps,
+                       optax.adamw(lr_schedule(cfg, steps), b1=t.b1, b2=t.b2, eps=t.eps,
                                    weight_decay=t.weight_decay))
 
 
@@ -106,8 +111,9 @@ def init_state(params, tx, use_ema: bool):
 
 
 def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh):
-    """step(state, images_u8, labels, gen_key) -> (state, loss); batch sharded, state replicated.
-    The state keeps the last loss too, so a resumed run can report it."""
+    """step(state, images_u8, labels, gen_key) -> (state, {'loss', 'grad_norm'}); batch sharded,
+    state replicated. grad_norm is the global norm before clipping. The state keeps the last loss
+    too, so a resumed run can report it."""
     loss_fn = diffusion.make_loss_fn(graphdef, alphas_cumprod, num_classes=cfg.model.num_classes,
                                      label_dropout=cfg.model.label_dropout)
     use_ema, max_decay = cfg.train.ema, cfg.train.ema_decay
@@ -124,7 +130,7 @@ def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh):
             count = count + 1
         new = dict(params=params, opt_state=opt_state, ema=ema, ema_count=count,
                    step=state['step'] + 1, loss=loss)
-        return new, loss
+        return new, dict(loss=loss, grad_norm=optax.tree.norm(grads))
 
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
     return jax.jit(step, in_shardings=(rep, dat, dat, rep), out_shardings=(rep, rep),
@@ -154,14 +160,22 @@ def checkpoint_manager(directory, keep: int = 1):
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
+
+
 def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_dir, mesh,
-                     graphdef, params, should_stop=lambda: False, compiled=None, hooks=None):
+                     graphdef, params, should_stop=lambda: False, compiled=None, hooks=None,
+                     on_log=None, after_s=None):
     """Trains a fresh model on `images` (uint8 [n, h, w, c]); resumes from `ckpt_dir` if a
     checkpoint is there. Returns (state, info). `should_stop()` is polled each step (preemption):
     when it turns true the state is saved and `info['stopped']` is set. `compiled` (a dict kept
     by the caller) reuses the jitted step across generations with the same step_signature.
     `hooks` {step: fn(state)} run after that step, before its checkpoint (so a resumed run never
-    skips one)."""
+    skips one). Every progress line goes to `on_log(step, {'loss', 'grad_norm', 'lr'})` too and
+    carries the generation's ETA; `after_s(train_s)`, given this generation's projected training
+    seconds, estimates the run's time after this training ends, for the run's ETA."""
     n = images.shape[0]
     steps = total_steps(cfg, n)
     tx = make_optimizer(cfg, steps)
@@ -177,7 +191,7 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
     sig = step_signature(cfg, steps)
     if sig not in compiled:
         compiled[sig] = make_train_step(graphdef, tx, diffusion.alphas_cumprod(cfg), cfg, mesh)
-    step_fn = compiled[sig]
+    step_fn, lr = compiled[sig], lr_schedule(cfg, steps)
     gen_key = streams.jax_key(cfg.seed, 'train', generation)
     labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)
     b = cfg.train.batch_size
@@ -185,14 +199,14 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
     try:
         for step in range(start, steps):
             idx = batch_indices(n, b, step, cfg.seed, generation)
-            state, loss = step_fn(state, parallel.shard_batch(mesh, images[idx]),
-                                  parallel.shard_batch(mesh, labels[idx]), gen_key)
+            state, metrics = step_fn(state, parallel.shard_batch(mesh, images[idx]),
+                                     parallel.shard_batch(mesh, labels[idx]), gen_key)
             done, stop = step + 1, should_stop()
             hook = (hooks or {}).get(done)
             save = done % cfg.train.ckpt_every == 0 or done == steps or stop or hook is not None
             if not (save or done % cfg.train.log_every == 0):
                 continue  # no host sync between progress lines
-            lv = float(loss)
+            lv = float(metrics['loss'])
             if not np.isfinite(lv):  # checked before any save: the last checkpoint stays good
                 raise FloatingPointError(
                     f'generation {generation}: non-finite loss {lv} at step {done}; the last '
@@ -200,11 +214,19 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
                     'to resume from it')
             losses.append((done, lv))
             if done % cfg.train.log_every == 0 or done == steps:
-                rate = (done - (losses[-2][0] if len(losses) > 1 else start)) * b / max(
-                    time.time() - t_log, 1e-9)
-                log.info('generation %d step %d/%d loss %.4f %.1f img/s', generation, done,
-                         steps, lv, rate)
-                t_log = time.time()
+                now = time.time()
+                rate = (done - (losses[-2][0] if len(losses) > 1 else start)) / max(
+                    now - t_log, 1e-9)  # steps/s since the last line
+                left = (steps - done) / rate
+                eta = f'ETA generation {_duration(left)}'
+                if after_s is not None:
+                    eta += f', run {_duration(left + after_s(now - t0 + left))}'
+                log.info('generation %d step %d/%d loss %.4f %.1f img/s, %s', generation, done,
+                         steps, lv, rate * b, eta)
+                t_log = now
+                if on_log is not None:
+                    on_log(done, dict(loss=lv, grad_norm=float(metrics['grad_norm']),
+                                      lr=float(lr(done - 1))))
             if hook is not None:
                 hook(state)
             if save:

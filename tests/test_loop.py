@@ -10,6 +10,23 @@ from collapse_jax import loop, selection
 from collapse_jax import train as train_lib
 from helpers import crash_once, strip, tiny
 
+def tensorboard_scalars(logdir):
+    """{tag: [(step, value)]} from the event files in logdir, read as TFRecords by hand."""
+    import struct
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for name in sorted(os.listdir(logdir)):
+        blob = open(os.path.join(logdir, name), 'rb').read()
+        at = 0
+        while at < len(blob):
+            (length,) = struct.unpack('<Q', blob[at:at + 8])
+            event = event_pb2.Event.FromString(blob[at + 12:at + 12 + length])
+            at += 16 + length
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
 @pytest.mark.slow
 def test_two_generations_end_to_end(tmp_path, engine, digits_features):
     cfg = tiny(paradigm='accumulate', selection='none')
@@ -57,9 +74,20 @@ def test_two_generations_end_to_end(tmp_path, engine, digits_features):
     for f in ('curves.png', 'config.json', 'gen_000/samples.png', 'gen_001/nearest.png',
               'gen_001/projection.png', 'entropy_gs.png'):
         assert os.path.getsize(tmp_path / f) > 0, f
+    # the training record: every logged step (log_every 3 of 6) with its learning rate
+    rows = [json.loads(x) for x in (tmp_path / 'train_log.jsonl').read_text().splitlines()]
+    assert [(r['generation'], r['step']) for r in rows] == [(0, 3), (0, 6), (1, 3), (1, 6)]
+    lr = train_lib.lr_schedule(cfg, 6)
+    for r in rows:
+        assert r['lr'] == pytest.approx(float(lr(r['step'] - 1)))
+        assert r['grad_norm'] > 0 and np.isfinite(r['loss'])
+    # ... and in TensorBoard, one event run per generation
+    tb = tensorboard_scalars(tmp_path / 'tb' / 'gen_001')
+    assert [s for s, _ in tb['train/loss']] == [3, 6]
+    assert [v for _, v in tb['train/loss']] == pytest.approx([r['loss'] for r in rows[2:]])
     page = (tmp_path / 'report.html').read_text()
-    # 3 pictures per generation + curves + entropy/GS, all inlined
-    assert page.count('src="data:image/png;base64,') == 3 * 2 + 2
+    # 3 pictures per generation + curves + entropy/GS + the loss, all inlined
+    assert page.count('src="data:image/png;base64,') == 3 * 2 + 3 and 'Training loss' in page
     assert 'Generation 1' in page and '<b>digits</b>' in page
 
 
@@ -121,13 +149,16 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
         elif where == 'select':
             crash_once(m, selection, 'select')
         else:
-            crash_once(m, loop.files, 'save_jsonl')
+            crash_once(m, loop.files, 'save_jsonl', lambda path, _: path.endswith('metrics.jsonl'))
         with pytest.raises(KeyboardInterrupt):
             loop.run_generations(cfg, str(tmp_path / 'run'), engine)
     got = strip(loop.run_generations(cfg, str(tmp_path / 'run'), engine))
     assert got == want
     lines = (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()
     assert [json.loads(x)['generation'] for x in lines] == [0, 1]  # no duplicates
+    # the training record too: a resumed generation's rows replace the lost ones, once each
+    assert ((tmp_path / 'run' / 'train_log.jsonl').read_text()
+            == (uninterrupted[2] / 'train_log.jsonl').read_text())
 
 
 def test_a_preempted_sweep_stops_instead_of_starting_its_next_variant(tmp_path, engine,
@@ -281,7 +312,7 @@ def test_experiment_configs_validate():
     assert study.runs_of(s) == [(512, 0), (512, 1)] and s.loop.generations == 6
     for n, seed in study.runs_of(s):  # every (N, seed) x variant of the CPU study is valid
         s.data.n, s.sweep = n, study.sweep_of(s, seed)
-        assert len(loop.sweep_configs(s, '/unused')) == (4 if seed == 0 else 2)
+        assert len(loop.sweep_configs(s, '/unused')) == (3 if seed == 0 else 2)
     big = study_cifar10.get_config()  # the paper's schedule: epochs x N / batch fixed
     assert big.train.steps == 500 * 32768 // 128 == 8000 * 2048 // 128
     assert big.study.variants == big.sweep and big.study.headline_n == 32768

@@ -27,8 +27,8 @@ def run_steps(cfg, mesh, images, steps, compiled=None):
     for s in range(steps):
         idx = train.batch_indices(len(images), 16, s, 0, 0)
         batch = parallel.shard_batch(mesh, images[idx])
-        state, loss = step(state, batch, parallel.shard_batch(mesh, np.zeros(16, np.int32)), key)
-        losses.append(float(loss))
+        state, m = step(state, batch, parallel.shard_batch(mesh, np.zeros(16, np.int32)), key)
+        losses.append(float(m['loss']))
     return jax.device_get(state), losses
 
 
@@ -100,8 +100,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_pa
     kw['compiled'][sig] = real
 
     def poisoned(state, x, y, key):  # the real step, with the loss turning NaN at step 6
-        state, loss = real(state, x, y, key)
-        return state, jnp.where(state['step'] >= 6, jnp.nan, loss)
+        state, m = real(state, x, y, key)
+        return state, dict(m, loss=jnp.where(state['step'] >= 6, jnp.nan, m['loss']))
 
     kw = dict(kw, compiled={sig: poisoned})
     with pytest.raises(FloatingPointError, match='lower --config.train.lr'):
