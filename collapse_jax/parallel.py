@@ -11,11 +11,25 @@ import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 
-def initialize(timeout_s: int = 300):
-    """Starts multi-host JAX (TPU pod slices, multi-node GPU). A host that does not show up within
-    `timeout_s` raises instead of hanging."""
+def initialize(timeout_s: int = 300, heartbeat_s: int = 60):
+    """Starts multi-process JAX. On a TPU pod slice, under SLURM or Open MPI, JAX finds the
+    coordinator itself. Elsewhere (several processes on one machine, or hosts you start by hand)
+    set JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID
+    in each process's environment. A process that does not show up within `timeout_s`, or stops
+    answering for `heartbeat_s`, ends the others with an error instead of a hang."""
+    import os
+    env, kw = os.environ, {}
+    if env.get('JAX_COORDINATOR_ADDRESS'):
+        for name in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+            if not env.get(name, '').isdigit():
+                raise ValueError(f'{name}={env.get(name)!r}: with JAX_COORDINATOR_ADDRESS set, '
+                                 'JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers >= 0')
+        kw = dict(coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
+                  num_processes=int(env['JAX_NUM_PROCESSES']),
+                  process_id=int(env['JAX_PROCESS_ID']))
     try:
-        jax.distributed.initialize(initialization_timeout=timeout_s)
+        jax.distributed.initialize(initialization_timeout=timeout_s,
+                                   heartbeat_timeout_seconds=heartbeat_s, **kw)
     except Exception as e:  # noqa: BLE001 - re-raised with the context a user needs
         raise RuntimeError(f'jax.distributed.initialize failed ({e}); check that every host runs '
                            'the same command and can reach the coordinator') from e

@@ -196,6 +196,7 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
     labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)
     b = cfg.train.batch_size
     losses, t0, t_log, info = [], time.time(), time.time(), dict(stopped=False)
+    last_line = start  # step of the last progress line
     try:
         for step in range(start, steps):
             idx = batch_indices(n, b, step, cfg.seed, generation)
@@ -215,15 +216,14 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
             losses.append((done, lv))
             if done % cfg.train.log_every == 0 or done == steps:
                 now = time.time()
-                rate = (done - (losses[-2][0] if len(losses) > 1 else start)) / max(
-                    now - t_log, 1e-9)  # steps/s since the last line
+                rate = (done - last_line) / max(now - t_log, 1e-9)  # steps/s since the last line
                 left = (steps - done) / rate
                 eta = f'ETA generation {_duration(left)}'
                 if after_s is not None:
                     eta += f', run {_duration(left + after_s(now - t0 + left))}'
                 log.info('generation %d step %d/%d loss %.4f %.1f img/s, %s', generation, done,
                          steps, lv, rate * b, eta)
-                t_log = now
+                t_log, last_line = now, done
                 if on_log is not None:
                     on_log(done, dict(loss=lv, grad_norm=float(metrics['grad_norm']),
                                       lr=float(lr(done - 1))))

@@ -11,7 +11,6 @@ from configs import default
 def get_config():
     c = default.get_config()
     c.sweep = 'replace:none,replace:greedy'
-    c.cpu_devices = 2               # data parallel over 2 CPU devices: 1.3x on 2 cores
     c.data.source = 'mnist5k'
     c.data.resolution = 16
     c.data.channels = 1

@@ -20,6 +20,7 @@ from configs import quick_cpu
 
 def get_config():
     c = quick_cpu.get_config()
+    c.cpu_devices = 2                # data parallel over 2 CPU devices: 1.3-1.7x on 2 cores
     c.loop.generations = 6
     c.train.steps = 2000
     c.train.warmup_steps = 50

@@ -25,3 +25,14 @@ def engine():
     from collapse_jax import loop
     from helpers import tiny
     return loop.Engine(tiny())
+
+
+@pytest.fixture(scope='session')
+def uninterrupted(engine, tmp_path_factory):
+    """tiny replace/threshold, 2 generations, run once on 1 process x 4 devices:
+    (config, records without wall times, run directory)."""
+    from collapse_jax import loop
+    from helpers import strip, tiny
+    cfg = tiny(paradigm='replace', selection='threshold', generations=2)
+    workdir = tmp_path_factory.mktemp('clean')
+    return cfg, strip(loop.run_generations(cfg, str(workdir), engine)), workdir

@@ -126,13 +126,6 @@ def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
     assert knn_entropy(d1 * 1.0) > rand
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(engine, tmp_path_factory):
-    cfg = tiny(paradigm='replace', selection='threshold', generations=2)
-    workdir = tmp_path_factory.mktemp('clean')
-    return cfg, strip(loop.run_generations(cfg, str(workdir), engine)), workdir
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('where', ['train', 'sample', 'score', 'select', 'metrics_write'])
 def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, engine, where,

@@ -1,0 +1,101 @@
+"""The pod path on one machine: main.py as 2 processes x 2 CPU devices (jax.distributed through
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, gloo collectives) against the same
+run as 1 process x 4 devices; and one process killed mid-run."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import strip
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# main.py, with every atomic file write recorded (path per line) in $WRITES_LOG
+RECORDING = '''
+import os, runpy, sys
+from collapse_jax import files
+real = files.atomic_write
+def recorded(path, write):
+    with open(os.environ['WRITES_LOG'], 'a') as f:
+        f.write(os.fspath(path) + '\\n')
+    return real(path, write)
+files.atomic_write = recorded
+sys.argv = ['main.py'] + sys.argv[1:]
+runpy.run_path('main.py', run_name='__main__')
+'''
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp_path, workdir, *overrides, tag='run'):
+    port, procs = free_port(), []
+    for pid in range(2):
+        env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2',
+                   XLA_FLAGS='--xla_backend_optimization_level=0',  # as conftest, minus devices
+                   JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+                   JAX_PROCESS_ID=str(pid), WRITES_LOG=str(tmp_path / f'{tag}_writes{pid}'))
+        log = open(tmp_path / f'{tag}_log{pid}', 'w')
+        procs.append(subprocess.Popen(
+            [sys.executable, '-c', RECORDING, '--config=tests/tiny_config.py',
+             f'--workdir={workdir}', '--config.distributed=True', *overrides],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def read(path):
+    return path.read_text() if path.exists() else ''
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_and_only_process_zero_writes(tmp_path, uninterrupted):
+    cfg, want, one_dir = uninterrupted  # tiny replace/threshold, 1 process x 4 devices
+    procs = launch(tmp_path, tmp_path / 'run')
+    for p in procs:
+        assert p.wait(timeout=600) == 0, read(tmp_path / 'run_log0')[-3000:]
+    got = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['generation'] for r in got] == [0, 1]
+    for a, b in zip(strip(got), want):  # the 1-against-4-device test's tolerances
+        assert a['final_loss'] == pytest.approx(b['final_loss'], rel=1e-5)
+        assert a['train_entropy'] == pytest.approx(b['train_entropy'], rel=1e-4)
+    for g in (0, 1):  # the same D_g, row for row
+        for name in ('train_index.npy', 'train_source.npy'):
+            np.testing.assert_array_equal(np.load(tmp_path / 'run' / f'gen_00{g}' / name),
+                                          np.load(one_dir / f'gen_00{g}' / name))
+    writes = [read(tmp_path / f'run_writes{i}').split() for i in range(2)]
+    assert writes[1] == []  # process 1 wrote nothing
+    assert len(writes[0]) == len(set(writes[0])) or all(  # each file once (logs rewrite)
+        w.endswith(('.jsonl', '.html', '.png', 'config.json')) for w in writes[0]
+        if writes[0].count(w) > 1)
+    assert any(w.endswith('pool.npy') for w in writes[0])
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_other_and_both_resume(tmp_path):
+    workdir = tmp_path / 'run'
+    args = ('--config.train.steps=60', '--config.train.log_every=10', '--config.train.ckpt_every=10')
+    procs = launch(tmp_path, workdir, *args, tag='a')
+    deadline = time.time() + 600
+    while 'generation 0 step 10/60' not in read(tmp_path / 'a_log0'):
+        assert time.time() < deadline and procs[0].poll() is None, read(tmp_path / 'a_log0')
+        time.sleep(0.5)
+    procs[1].kill()
+    t0 = time.time()
+    rc = procs[0].wait(timeout=240)  # never hangs: the heartbeat (60 s) ends it
+    log = read(tmp_path / 'a_log0')
+    assert rc != 0 and time.time() - t0 < 200
+    assert 'another task died' in log or 'unhealthy' in log, log[-3000:]
+    # the same command on both resumes from the last checkpoint and finishes
+    procs = launch(tmp_path, workdir, *args, tag='b')
+    for p in procs:
+        assert p.wait(timeout=600) == 0, read(tmp_path / 'b_log0')[-3000:]
+    assert 'generation 0: resumed training at step' in read(tmp_path / 'b_log0')
+    recs = (workdir / 'metrics.jsonl').read_text().splitlines()
+    assert [json.loads(x)['generation'] for x in recs] == [0, 1]
