@@ -18,7 +18,7 @@ import shutil
 
 import numpy as np
 
-from collapse_jax import files, layout, loop, report, selection
+from collapse_jax import files, layout, loop, report, scoring, selection
 from collapse_jax.data import need
 
 log = logging.getLogger('collapse_jax')
@@ -27,7 +27,7 @@ KEYS = ('train_entropy', 'train_entropy_dedup', 'gs_mse', 'gs_l2', 'gs_ratio', '
         'memorization_calibrated', 'copy_z', 'participation_ratio', 'train_participation_ratio',
         'mean_intensity', 'train_mean_intensity', 'fd', 'fd_floor', 'fd_n', 'recognizable',
         'recognizable_real', 'precision', 'recall', 'real_share', 'train_entropy_feat',
-        'gs_mse_feat')
+        'gs_mse_feat', 'gs_digits')
 
 
 def _ints(text):
@@ -288,6 +288,32 @@ def _copy_nearest_grids(workdir, out_dir, hn, seed0, base):
             shutil.copyfile(src, os.path.join(out_dir, f'nearest_{label}.png'))
 
 
+def _add_digits_gs(workdir, runs):
+    """Each record's GS in the digits classifier's space (mean L2 from S_g to its nearest D_g
+    image there), from the run's files: a GS that does not share the pixel entropy's geometry.
+    1-channel (digits) studies only."""
+    from collapse_jax import features
+    f = features.get('digits')
+    for (n, seed, v), recs in runs.items():
+        rd = layout.RunDir(os.path.join(workdir, layout.study_run_dirname(n, seed),
+                                        layout.variant_dirname(*v.split('/'))))
+        for r in recs:
+            gd = rd.gen(r['generation'])
+            if 'gs_digits' not in r and os.path.exists(gd.file('pool.npy')):
+                r['gs_digits'] = scoring.generalization_score(
+                    f(gd.load_pool()[0]), f(gd.load_train_set().images), 'l2')
+
+
+def _cross_space_r(runs, base):
+    """Pearson r of the pixel-space entropy against log GS in the digits space and against
+    copy_z, over the baseline's records."""
+    recs = [r for (n, s, v), rs in runs.items() if v == base for r in rs]
+    pts = [(r['train_entropy'], np.log(r['gs_digits'])) for r in recs if r.get('gs_digits')]
+    cz = [(r['train_entropy'], r['copy_z']) for r in recs if r.get('copy_z') is not None]
+    return dict(pearson_entropy_log_gs_digits=report.pearson(np.array(pts).reshape(-1, 2)),
+                pearson_entropy_copy_z=report.pearson(np.array(cz).reshape(-1, 2)))
+
+
 def _write_results(out_dir, runs, results):
     rows = [dict(n=n, seed=s, variant=v, generation=r['generation'],
                  **{k: r.get(k) for k in KEYS}) for (n, s, v), recs in sorted(runs.items())
@@ -313,6 +339,8 @@ def draw(cfg, workdir):
     variants = variants_of(cfg)
     base, groups = baseline_of(variants), groups_of(variants)
     space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')
+    if cfg.data.channels == 1:
+        _add_digits_gs(workdir, runs)
     pts = _entropy_points(runs, lambda v: v == base, base)
     pts_all = _entropy_points(runs, lambda v: True, base)
     r = report.pearson(pts)
@@ -332,7 +360,7 @@ def draw(cfg, workdir):
     results = _write_results(out_dir, runs, dict(
         pearson_entropy_log_gs=r, pearson_points=int(len(pts)),
         pearson_all_variants=report.pearson(pts_all), pearson_all_points=int(len(pts_all)),
-        paper_pearson=0.91, headline_n=hn, baseline=base))
+        paper_pearson=0.91, headline_n=hn, baseline=base, **_cross_space_r(runs, base)))
     log.info('study figures in %s; Pearson r (entropy, log GS) = %.3f over %d points', out_dir,
              r, len(pts))
     print(json.dumps(dict(figures=out_dir, pearson_entropy_log_gs=r)))

@@ -54,10 +54,23 @@ def read(path):
     return path.read_text() if path.exists() else ''
 
 
+@pytest.fixture
+def reaped():
+    """Processes a test starts; killed at its end, whatever happened."""
+    procs = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_process_and_only_process_zero_writes(tmp_path, uninterrupted):
+def test_two_processes_match_one_process_and_only_process_zero_writes(tmp_path, uninterrupted,
+                                                                      reaped):
     cfg, want, one_dir = uninterrupted  # tiny replace/threshold, 1 process x 4 devices
     procs = launch(tmp_path, tmp_path / 'run')
+    reaped += procs
     for p in procs:
         assert p.wait(timeout=600) == 0, read(tmp_path / 'run_log0')[-3000:]
     got = [json.loads(x) for x in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
@@ -78,10 +91,11 @@ def test_two_processes_match_one_process_and_only_process_zero_writes(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_killed_process_ends_the_other_and_both_resume(tmp_path):
+def test_a_killed_process_ends_the_other_and_both_resume(tmp_path, reaped):
     workdir = tmp_path / 'run'
     args = ('--config.train.steps=60', '--config.train.log_every=10', '--config.train.ckpt_every=10')
     procs = launch(tmp_path, workdir, *args, tag='a')
+    reaped += procs
     deadline = time.time() + 600
     while 'generation 0 step 10/60' not in read(tmp_path / 'a_log0'):
         assert time.time() < deadline and procs[0].poll() is None, read(tmp_path / 'a_log0')
@@ -94,6 +108,7 @@ def test_a_killed_process_ends_the_other_and_both_resume(tmp_path):
     assert 'another task died' in log or 'unhealthy' in log, log[-3000:]
     # the same command on both resumes from the last checkpoint and finishes
     procs = launch(tmp_path, workdir, *args, tag='b')
+    reaped += procs
     for p in procs:
         assert p.wait(timeout=600) == 0, read(tmp_path / 'b_log0')[-3000:]
     assert 'generation 0: resumed training at step' in read(tmp_path / 'b_log0')
