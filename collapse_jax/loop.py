@@ -248,7 +248,7 @@ class Run:
                 gd = self.dir.gen(g)
                 if d_g is None:  # resumed: D_g was made by an earlier process
                     d_g = gd.load_train_set()
-                times, t_gen = None, time.time()
+                times, t_gen, resumed = None, time.time(), os.path.isdir(gd.ckpt)
                 if not gd.has_pool():                                    # phase 1: train, sample
                     times = self.train_and_sample(g, d_g, should_stop=lambda: pre.flag)
                     if times is None:
@@ -262,7 +262,7 @@ class Run:
                     if self.writer:
                         self.dir.gen(g + 1).save_train_set(d_g)
                     _barrier(f'training set {g + 1}')
-                if times is not None:
+                if times is not None and not resumed:  # a whole generation, for the ETA
                     self._per_gen = time.time() - t_gen
         return records
 

@@ -96,8 +96,8 @@ def test_a_killed_process_ends_the_other_and_both_resume(tmp_path, reaped):
     args = ('--config.train.steps=60', '--config.train.log_every=10', '--config.train.ckpt_every=10')
     procs = launch(tmp_path, workdir, *args, tag='a')
     reaped += procs
-    deadline = time.time() + 600
-    while 'generation 0 step 10/60' not in read(tmp_path / 'a_log0'):
+    deadline = time.time() + 900
+    while 'generation 0 step 30/60' not in read(tmp_path / 'a_log0'):  # step 20 saved
         assert time.time() < deadline and procs[0].poll() is None, read(tmp_path / 'a_log0')
         time.sleep(0.5)
     procs[1].kill()
