@@ -518,10 +518,9 @@ def check_config(cfg) -> None:
                          ('score.feature_space', score_space(cfg))):
         need(space in SPACES, f'{field}={space!r}; allowed: {", ".join(SPACES)}')
         if space in ('inception', 'dinov2'):
-            path = cfg.features[space]
-            need(path, f'{field}={space!r} needs features.{space}: a local weights file '
-                 '(.safetensors, .npz or .pth in the PyTorch layout); nothing is downloaded')
-            need(os.path.exists(path), f'features.{space}={path!r}: no such file')
+            need(cfg.features[space], f'{field}={space!r} needs features.{space}: a local '
+                 'weights file (.safetensors, .npz or .pth in the PyTorch layout); nothing is '
+                 'downloaded')  # that it exists: the loop above
 
 
 def score_space(cfg) -> str:

@@ -6,6 +6,8 @@ own slice of every global batch.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -17,7 +19,6 @@ def initialize(timeout_s: int = 300, heartbeat_s: int = 60):
     set JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID
     in each process's environment. A process that does not show up within `timeout_s`, or stops
     answering for `heartbeat_s`, ends the others with an error instead of a hang."""
-    import os
     env, kw = os.environ, {}
     if env.get('JAX_COORDINATOR_ADDRESS'):
         for name in ('JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):

@@ -220,12 +220,18 @@ def _by_n_figures(plt, runs, ns, seed0, base):
     return figs
 
 
-def _entropy_points(runs, keep, base):
-    """(entropy, log GS) of every record of the variants `keep` accepts; generation 0 is shared by
-    a run's variants, so it is counted once, from the baseline."""
-    return np.array([(r['train_entropy'], np.log(r['gs_mse'])) for (n, s, v), recs in
-                     runs.items() if keep(v) for r in recs if r.get('gs_mse', 0) > 0
-                     and (r['generation'] > 0 or v == base)]).reshape(-1, 2)
+def _log_of(key):
+    return lambda r: np.log(r[key]) if r.get(key) else None
+
+
+def _entropy_points(runs, keep, base, y=None):
+    """(entropy, y(record)) of every record of the variants `keep` accepts, y = log GS unless
+    given (records where y is None are left out); generation 0 is shared by a run's variants, so
+    it is counted once, from the baseline."""
+    y = y or _log_of('gs_mse')
+    pts = [(r['train_entropy'], y(r)) for (n, s, v), recs in runs.items() if keep(v)
+           for r in recs if r['generation'] > 0 or v == base]
+    return np.array([p for p in pts if p[1] is not None], np.float64).reshape(-1, 2)
 
 
 def _pearson_figure(plt, runs, ns, base, r):
@@ -307,11 +313,10 @@ def _add_digits_gs(workdir, runs):
 def _cross_space_r(runs, base):
     """Pearson r of the pixel-space entropy against log GS in the digits space and against
     copy_z, over the baseline's records."""
-    recs = [r for (n, s, v), rs in runs.items() if v == base for r in rs]
-    pts = [(r['train_entropy'], np.log(r['gs_digits'])) for r in recs if r.get('gs_digits')]
-    cz = [(r['train_entropy'], r['copy_z']) for r in recs if r.get('copy_z') is not None]
-    return dict(pearson_entropy_log_gs_digits=report.pearson(np.array(pts).reshape(-1, 2)),
-                pearson_entropy_copy_z=report.pearson(np.array(cz).reshape(-1, 2)))
+    def r_of(y):
+        return report.pearson(_entropy_points(runs, lambda v: v == base, base, y))
+    return dict(pearson_entropy_log_gs_digits=r_of(_log_of('gs_digits')),
+                pearson_entropy_copy_z=r_of(lambda r: r.get('copy_z')))
 
 
 def _write_results(out_dir, runs, results):
