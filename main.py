@@ -19,8 +19,10 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_
 flags.DEFINE_enum('mode', 'run', ['run', 'score', 'compare', 'study', 'calibrate'], 'What to do.')
 flags.DEFINE_string('generated', '', 'score: .npy of generated images (uint8, or float in [0, 1]).')
 flags.DEFINE_string('train', '', 'score: .npy of the training images they are measured against.')
-flags.DEFINE_string('reference', '', 'score: .npy of real images for FD and precision/recall '
-                    '(default: --train).')
+flags.DEFINE_string('reference', '', 'score: .npy of held-out images: independent draws of the '
+                    "distribution --train was drawn from, never trained on. FD and precision/"
+                    'recall are measured against them, and with them the relative copy measures '
+                    '(copy_z, copy_auc, copy_share_q05/q01) (default: --train, FD only).')
 flags.DEFINE_string('feature_space', 'pixel', 'score: pixel | digits | inception | dinov2.')
 flags.DEFINE_string('weights', '', 'score: weights file of the feature network.')
 flags.DEFINE_string('out', '', 'score: JSON to write (default: <generated>.scores.json).')

@@ -26,7 +26,7 @@ from collapse_jax.data import need
 
 log = logging.getLogger('collapse_jax')
 
-KEYS = ('memorization', 'memorization_calibrated', 'copy_z', 'gs_ratio', 'fd', 'fd_floor',
+KEYS = ('memorization', 'memorization_calibrated', 'copy_z', 'copy_auc', 'copy_share_q05', 'gs_ratio', 'fd', 'fd_floor',
         'recognizable', 'recognizable_real', 'participation_ratio', 'mean_intensity')
 
 
@@ -88,7 +88,7 @@ def _calibrate_n(cfg, workdir, steps, engine):
                                                 cfg.score.mem_ratio, run.copy_threshold(),
                                                 return_nearest=True)
             rec = dict(n=cfg.data.n, steps=s, n_samples=len(sample), **px,
-                       **run.copy_z(sample, d0.images, run.mirror_real, 'held-out real'),
+                       **run.copying(sample, d0.images, run.mirror_real, 'held-out real'),
                        **run.fidelity(sample))
             rec.pop('feature_info', None)
             k = min(cfg.score.nn_pairs, len(sample))
@@ -146,6 +146,7 @@ def draw(cfg, workdir):
     out_dir = os.path.join(workdir, 'figures')
     os.makedirs(out_dir, exist_ok=True)
     panels = [('copy_z', 'copy_z (<< 0 copying, ~0 generalizing)', 'RdBu', -20, 20),
+              ('copy_auc', 'copy AUC (< 0.5 copying, 0.5 generalizing)', 'RdBu', 0, 1),
               ('memorization', 'memorized share (d1/d2 < 1/3)', 'Reds', 0, 1),
               ('memorization_calibrated', 'memorized share (calibrated d1)', 'Reds', 0, 1),
               ('recognizable', 'recognizable share (p >= 0.9)', 'Greens', 0, 1)]

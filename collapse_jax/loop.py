@@ -203,10 +203,13 @@ class Run:
         self.writer = jax.process_index() == 0
         self._pools, self._evals = {}, {}  # generation -> S_g (images, labels) / E_g images
         # held-out real images, never trained on: the FD reference (as many as the evaluation
-        # sample), a second set of that size for the FD's noise floor, and N for copy_z's
-        # held-out set at generation 0 (and the real part of later mirrors)
+        # sample, or score.fd_n), a second set of that size for the FD's noise floor, and
+        # max(N, eval_n) for the copy measures' held-out set at generation 0 (and the real part
+        # of later held-out replicas)
         size = cfg.score.eval_n or cfg.data.n * cfg.loop.pool_factor
-        parts = self.real.held_out(reference=size, floor=size, mirror=cfg.data.n)
+        size = min(size, cfg.score.fd_n or size)
+        parts = self.real.held_out(reference=size, floor=size,
+                                   mirror=max(cfg.data.n, cfg.score.eval_n))
         self.reference = self._reference(parts['reference'])
         self.floor_images = self.real.images[parts['floor']] if len(parts['floor']) == len(
             parts['reference']) else None
@@ -379,9 +382,9 @@ class Run:
             select_s=d_g.info.get('select_s'),
             sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
                          variance=cfg.sample.variance, guidance=cfg.sample.guidance))
-        rec.update(self._copy_z(g, d_g, pool))
+        rec.update(self._copying(g, d_g, pool))
         sample = self.eval_sample(g)
-        rec.update(self.fidelity(pool if sample is None else sample))
+        rec.update(self.fidelity((pool if sample is None else sample)[:cfg.score.fd_n or None]))
         f_pool = fz(pool)
         rec.update(measure.space_measures(fz(d_g.images), f_pool, cfg.score.k))
         if self.writer:
@@ -408,25 +411,25 @@ class Run:
                 features.recognizable(self.reference['images'], self.cfg.features)))
         return out
 
-    def _copy_z(self, g, d_g, pool) -> dict:
-        """copy_z: the data-copying Z of S_g against D_g, with a held-out set H_g drawn from D_g's
-        own distribution: held-out real images at generation 0; later, the paradigm and rule
-        applied to independent draws (the evaluation samples E_i, held-out real for D_0)."""
+    def _copying(self, g, d_g, pool) -> dict:
+        """Relative copying (scoring.copy_statistics) of S_g against D_g, with a held-out set H_g
+        of independent draws of the process that made D_g: held-out real images at generation
+        0; later `heldout_set(g - 1)`."""
         if g == 0:
-            return self.copy_z(pool, d_g.images, self.mirror_real, 'held-out real')
+            return self.copying(pool, d_g.images, self.mirror_real, 'held-out real')
         if not self.cfg.score.eval_n:
-            return dict(copy_z=None, copy_z_heldout='none (score.eval_n = 0)')
-        return self.copy_z(pool, d_g.images, self.select(g - 1, mirror=True).images,
-                           f'{self.label} applied to independent samples (E_i, held-out real '
-                           'for D_0)')
+            return dict(copy_z=None, copy_heldout='none (score.eval_n = 0)')
+        held, what = self.heldout_set(g - 1)
+        return self.copying(pool, d_g.images, held, what)
 
     @staticmethod
-    def copy_z(sample, train, held, what) -> dict:
-        if len(held) < 2:
-            return dict(copy_z=None, copy_z_heldout='none (no held-out images left)')
-        z = scoring.data_copying_z(features.pixel(sample), features.pixel(train),
-                                   features.pixel(held))
-        return dict(copy_z=z, copy_z_heldout=f'{what}, n={len(held)}')
+    def copying(sample, train, held, what) -> dict:
+        if held is None or len(held) < 2:
+            return dict(copy_z=None, copy_heldout=what or 'none (no held-out images left)')
+        t = features.pixel(train)
+        out = scoring.copy_statistics(scoring.nearest_train(features.pixel(sample), t)[1],
+                                      scoring.nearest_train(features.pixel(held), t)[1])
+        return dict(out, copy_heldout=what, copy_heldout_n=int(len(held)))
 
     def copy_threshold(self):
         """memorization_calibrated's distance (0-255 L2), from real images, once per run."""
@@ -441,76 +444,64 @@ class Run:
         report.projection(gd.file('projection.png'), self.reference['images'], pool,
                           f"generation {g}: samples on the real data's top-2 principal axes")
 
-    def _mirror_sizes(self):
-        """(n, pool size) of the mirror: the run's pool_factor, scaled to E_i's size; capped by
-        the held-out real images where the paradigm needs real ones."""
-        cfg = self.cfg
-        n = max(2, round(cfg.score.eval_n / cfg.loop.pool_factor))
-        if cfg.loop.paradigm.startswith('accumulate'):
-            n = min(n, len(self.mirror_real))
-        return n, min(cfg.score.eval_n, n * cfg.loop.pool_factor)
+    def select(self, g) -> layout.TrainSet:
+        """D_{g+1} from S_g (and, by the paradigm, D_0 and earlier pools), plus fresh real images
+        under 'fresh'."""
+        cfg, t0 = self.cfg, time.time()
+        sources = {s: self.real.d0() if s == 'real' else self.pool(int(s[1:]))
+                   for s in selection.source_names(cfg.loop.paradigm, g)}
+        fresh = None
+        if fresh_per_generation(cfg):
+            rows = self.real.fresh_rows(g)
+            fresh = (self.real.images[rows],
+                     None if self.real.labels is None else self.real.labels[rows], rows)
+        try:
+            d = selection.next_training_set(
+                cfg.loop, g, cfg.data.n, sources, rng=streams.numpy_rng(cfg.seed, 'candidates', g),
+                seed=streams.numpy_seed(cfg.seed, 'selection', g), featurize=self.featurize,
+                fresh=fresh)
+        except ValueError as e:
+            raise ValueError(f'generation {g + 1}, loop.selection={cfg.loop.selection}: {e}') \
+                from None
+        d.info['select_s'] = time.time() - t0
+        return d
 
-    def _candidates(self, g, mirror=False) -> layout.TrainSet:
-        """The paradigm's candidates for D_{g+1}, in a shuffled order. mirror: the same built from
-        independent draws (E_i for S_i, held-out real for D_0)."""
-        cfg = self.cfg
-        if mirror:
-            n, size = self._mirror_sizes()
-            real = (self.mirror_real[:n], None)
-            rng = streams.numpy_rng(cfg.seed, 'mirror', g)
-        else:
-            n, size, real = cfg.data.n, cfg.data.n * cfg.loop.pool_factor, self.real.d0()
-            rng = streams.numpy_rng(cfg.seed, 'candidates', g)
-
-        def source(name):
-            if name == 'real':
-                return real
-            return (self.eval_sample(int(name[1:])), None) if mirror else self.pool(int(name[1:]))
-        cands = selection.candidate_sources(cfg.loop.paradigm, g, n, size, rng)
-        labels = None if cfg.model.num_classes == 0 or mirror else np.concatenate(
-            [source(s)[1][rows] for s, rows in cands])
-        return layout.TrainSet(
-            np.concatenate([source(s)[0][rows] for s, rows in cands]), labels,
-            np.concatenate([np.full(len(rows), -1 if s == 'real' else int(s[1:]), np.int16)
-                            for s, rows in cands]),
-            np.concatenate([rows for _, rows in cands]), dict(n=n))
-
-    def select(self, g, mirror=False) -> layout.TrainSet:
-        """D_{g+1} from the paradigm's candidates and the selection rule (plus fresh real
-        images under 'fresh'). mirror: the same rule on independent draws (copy_z's H_{g+1})."""
-        cfg, lp, t0 = self.cfg, self.cfg.loop, time.time()
-        c = self._candidates(g, mirror)
-        fresh_n = fresh_per_generation(cfg, c.info['n'])
-        want = c.info['n'] - fresh_n
-        info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(c.images)))
-        if not selection.keeps_all(lp.paradigm, lp.selection):
-            need(len(c.images) >= want, f'loop.pool_factor={lp.pool_factor}: '
-                 f'{len(c.images)} candidates cannot yield {want} images')
-            tau, decay = selection.threshold_params(lp.paradigm, lp.feature_space, lp.tau,
-                                                    lp.decay)
-            seed = streams.numpy_seed(cfg.seed, 'mirror' if mirror else 'selection', g)
+    def heldout_set(self, g):
+        """(H_{g+1}, what it is): the held-out set of D_{g+1}'s copy measures. A held-out set is a
+        valid null only if its images are independent draws with the law of an image of
+        D_{g+1}, so H_{g+1} repeats D_{g+1}'s construction at its own sizes (N images from
+        pool_factor x N candidates: greedy and threshold reach further into a larger pool's
+        tails) on independent sources: the evaluation samples E_i for the pools S_i, held-out
+        real images for D_0 and the fresh ones. As many replicas as E_g holds, concatenated.
+        (None, why) when E_g holds less than one replica."""
+        cfg, lp, n = self.cfg, self.cfg.loop, self.cfg.data.n
+        size = n * lp.pool_factor if selection.pool_size_matters(lp.paradigm, lp.selection) \
+            else n
+        fresh_n = fresh_per_generation(cfg)
+        needs_real = lp.paradigm.startswith('accumulate') or fresh_n
+        reps = cfg.score.eval_n // size
+        if needs_real:
+            reps = min(reps, len(self.mirror_real) // n)
+        if reps < 1:
+            return None, (f'none (score.eval_n={cfg.score.eval_n} holds no replica of '
+                          f'{size} draws{" and " + str(n) + " held-out real" if needs_real else ""})')
+        rng = streams.numpy_rng(cfg.seed, 'mirror', g)
+        names, held = selection.source_names(lp.paradigm, g), []
+        for j in range(reps):
+            real = self.mirror_real[j * n:(j + 1) * n]
+            sources = {s: (real, None) if s == 'real' else
+                       (self.eval_sample(int(s[1:]))[j * size:(j + 1) * size], None)
+                       for s in names}
+            fresh = (real[:fresh_n], None, np.arange(fresh_n)) if fresh_n else None
             try:
-                pick, extra = selection.select(lp.selection, self.featurize(c.images), want,
-                                               seed=seed, tau=tau, decay=decay)
+                held.append(selection.next_training_set(
+                    lp, g, n, sources, rng=rng, seed=int(rng.integers(2 ** 31)),
+                    featurize=self.featurize, fresh=fresh).images)
             except ValueError as e:
-                raise ValueError(f'generation {g + 1}{" (copy_z mirror)" if mirror else ""}, '
-                                 f'loop.selection={lp.selection}: {e}') from None
-            info.update(extra)
-            c = layout.TrainSet(c.images[pick], None if c.labels is None else c.labels[pick],
-                                c.source[pick], c.index[pick], {})
-        if fresh_n:
-            if mirror:  # held-out real beyond the part that stands in for D_0
-                rows, images = np.arange(fresh_n), self.mirror_real[-fresh_n:]
-            else:
-                rows = self.real.fresh_rows(g)
-                images = self.real.images[rows]
-            c = layout.TrainSet(
-                np.concatenate([c.images, images]),
-                None if c.labels is None else np.concatenate([c.labels, self.real.labels[rows]]),
-                np.concatenate([c.source, np.full(len(rows), -2, np.int16)]),  # -2: fresh real
-                np.concatenate([c.index, rows]), {})
-        c.info = dict(info, n=int(len(c.images)), select_s=time.time() - t0)
-        return c
+                return None, f'none (the held-out replica failed: {e})'
+        return np.concatenate(held), (f'{reps} independent replica(s) of {self.label} at N={n} '
+                                      f'from {size} draws of E_{g}' +
+                                      (' and held-out real' if needs_real else ''))
 
 
 def pixel_variance(images) -> float:

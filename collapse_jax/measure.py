@@ -103,6 +103,11 @@ def score_files(generated, train, reference='', feature_space='pixel', weights='
                units=f'entropy: nats, pixels in [0, 255]; gs: pixels in [-1, 1]; *_feat, fd, '
                      f'precision, recall: {f.name} features', feature_info=f.info)
     rec.update(pixel_measures(tr, gen, k))
+    if reference:  # held-out images of the training set's distribution: relative copying
+        t = features.pixel(tr)
+        rec.update(scoring.copy_statistics(scoring.nearest_train(features.pixel(gen), t)[1],
+                                           scoring.nearest_train(features.pixel(ref), t)[1]),
+                   copy_heldout=f'--reference, n={len(ref)}')
     f_gen = f(gen)
     rec.update(fd_measures(f_gen, f(ref), pr_k), **space_measures(f(tr), f_gen, k))
     out = out or os.path.splitext(generated)[0] + '.scores.json'
@@ -120,3 +125,4 @@ def check_config(cfg) -> None:
     need(sc.grid >= 1, f'score.grid={sc.grid}; must be >= 1')
     need(sc.nn_pairs >= 1, f'score.nn_pairs={sc.nn_pairs}; must be >= 1')
     need(sc.eval_n >= 0, f'score.eval_n={sc.eval_n}; must be >= 0 (0 = no evaluation sample)')
+    need(sc.fd_n >= 0, f'score.fd_n={sc.fd_n}; must be >= 0 (0 = all of the evaluation sample)')

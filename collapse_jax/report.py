@@ -24,7 +24,9 @@ CURVES = [('train_entropy', 'training-set entropy (nats, pixels 0-255, paper for
           ('gs_ratio', 'GS / training set\'s own nearest spacing'),
           ('memorization', 'memorized share (d1/d2 < 1/3)'),
           ('memorization_calibrated', 'memorized share (d1 < calibrated distance)'),
-          ('copy_z', 'data-copying Z (<< 0 copying, ~0 generalizing)'),
+          ('copy_z', 'data-copying Z (<< 0 copying, ~0 generalizing; size-dependent)'),
+          ('copy_auc', 'copy AUC against fresh draws (0.5 null, < 0.5 copying)'),
+          ('copy_share_q01', 'share closer than the held-out 1% quantile (null 0.01)'),
           ('participation_ratio', 'effective dimension of the samples'),
           ('mean_intensity', 'mean pixel intensity of the samples (0-255)'),
           ('real_share', 'share of real images in the training set'),
@@ -199,7 +201,8 @@ def plot_entropy_vs_gs(path, runs):
 # ----------------------------------------------------------------------------- HTML reports
 
 TABLE = ['generation', 'train_entropy', 'train_entropy_dedup', 'gs_l2', 'gs_mse', 'gs_ratio',
-         'memorization', 'memorization_calibrated', 'copy_z', 'participation_ratio',
+         'memorization', 'memorization_calibrated', 'copy_z', 'copy_auc', 'copy_share_q05',
+         'copy_share_q01', 'participation_ratio',
          'mean_intensity', 'fd', 'fd_floor', 'recognizable', 'recognizable_real', 'precision',
          'recall', 'train_entropy_feat', 'gs_mse_feat', 'real_share', 'train_duplicates',
          'pool_duplicates', 'final_loss', 'train_s', 'sample_s']

@@ -268,22 +268,35 @@ def data_copying_z(generated, train, heldout) -> float:
     Mann-Whitney Z_U of the generated samples' nearest-training distances against those of a
     held-out set drawn from the training set's own distribution. Z << 0: the samples sit closer
     to their training set than fresh draws do (copying); Z ~ 0: as close as fresh draws
-    (generalizing); Z >> 0: farther (underfit). Any units; rows are samples.
-
-    U counts the (generated, held-out) pairs whose generated distance is the larger (ties count
-    1/2); Z = (U - mn/2) / sigma with the tie-corrected sigma of the normal approximation."""
-    from scipy.stats import rankdata
+    (generalizing); Z >> 0: farther (underfit). Any units; rows are samples."""
     t = _flat(train)
-    d_gen = nearest_train(_flat(generated), t)[1]
-    d_held = nearest_train(_flat(heldout), t)[1]
+    return copy_statistics(nearest_train(_flat(generated), t)[1],
+                           nearest_train(_flat(heldout), t)[1])['copy_z']
+
+
+def copy_statistics(d_gen, d_held) -> dict:
+    """Relative copying, from each generated sample's and each held-out image's distance to its
+    nearest training image: how much closer the samples sit than fresh draws of the process
+    that made the training set.
+
+    copy_z: Meehan's Mann-Whitney Z (tie-corrected normal approximation). Its scale grows with
+      the sample sizes (|Z| <= sqrt(3mn / (m + n + 1))), so compare it only at equal sizes.
+    copy_auc: U / (mn), the chance that a sample sits farther than a held-out image (ties 1/2);
+      0.5 under the null, < 0.5 closer (copying), comparable across sizes.
+    copy_share_q05 / q01: the share of samples closer than the held-out 5% / 1% quantile; the
+      null is 0.05 / 0.01. copy_heldout_median: the held-out median distance (input units)."""
+    from scipy.stats import rankdata
+    d_gen, d_held = np.asarray(d_gen, np.float64), np.asarray(d_held, np.float64)
     m, n = len(d_gen), len(d_held)
     both = np.concatenate([d_gen, d_held])
-    ranks = rankdata(both)
-    u = float(np.sum(ranks[:m]) - m * (m + 1) / 2)
+    u = float(np.sum(rankdata(both)[:m]) - m * (m + 1) / 2)
     _, counts = np.unique(both, return_counts=True)
-    big_n = m + n
-    var = m * n / 12.0 * ((big_n + 1) - np.sum(counts ** 3 - counts) / (big_n * (big_n - 1)))
-    return float((u - m * n / 2.0) / np.sqrt(var)) if var > 0 else 0.0
+    var = m * n / 12.0 * ((m + n + 1) - np.sum(counts ** 3 - counts) / ((m + n) * (m + n - 1)))
+    return dict(copy_z=float((u - m * n / 2.0) / np.sqrt(var)) if var > 0 else 0.0,
+                copy_auc=u / (m * n),
+                **{f'copy_share_q{round(100 * q):02d}': float(np.mean(d_gen < np.quantile(d_held, q)))
+                   for q in (0.05, 0.01)},
+                copy_heldout_median=float(np.median(d_held)))
 
 
 def participation_ratio(x) -> float:

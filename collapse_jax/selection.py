@@ -176,6 +176,62 @@ def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, rn
     raise ValueError(f'loop.paradigm={paradigm!r}; allowed: {", ".join(PARADIGMS)}')
 
 
+def source_names(paradigm: str, generation: int) -> list:
+    """The sources D_{g+1}'s candidates come from: S_g alone, or D_0 and every pool so far."""
+    pools = [f'S{i}' for i in range(generation + 1)]
+    return ['real'] + pools if paradigm.startswith('accumulate') else pools[-1:]
+
+
+def pool_size_matters(paradigm: str, rule: str) -> bool:
+    """Whether the law of an image of D_{g+1} depends on the pool's size, not only on the pool's
+    law: greedy and threshold reach further into the tails of a larger pool, and accumulate
+    mixes whole pools. Otherwise (none, random, the per-source subsample) D_{g+1} is an i.i.d.
+    subset of its sources, whatever their size."""
+    return paradigm == 'accumulate' or (paradigm != 'accumulate_subsample'
+                                        and rule in ('greedy', 'threshold'))
+
+
+def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: int, featurize,
+                      fresh=None):
+    """D_{g+1} of size n (N; more under accumulate:none) after generation g sampled S_g.
+
+    lp: the loop config section (paradigm, selection, feature_space, tau, decay, pool_factor).
+    sources: {'real': (images, labels), 'S<i>': (images, labels)} with the names `source_names`
+      gives (labels may be None). rng: numpy Generator of the candidates' order; seed: the
+    rule's seed; featurize: images -> the selection's features. fresh: (images, labels, rows) of
+    the new real images added under 'fresh', else None. Returns a layout.TrainSet whose source
+    ids are -1 real, -2 fresh real, i for S_i."""
+    from collapse_jax.layout import TrainSet
+    pool = sources[f'S{generation}'][0]
+    cands = candidate_sources(lp.paradigm, generation, n, len(pool), rng)
+    fresh_n = 0 if fresh is None else len(fresh[0])
+    want = n - fresh_n
+
+    def cat(parts):
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+    images = np.concatenate([sources[s][0][rows] for s, rows in cands])
+    labels = cat([None if sources[s][1] is None else sources[s][1][rows] for s, rows in cands])
+    source = np.concatenate([np.full(len(rows), -1 if s == 'real' else int(s[1:]), np.int16)
+                             for s, rows in cands])
+    index = np.concatenate([rows for _, rows in cands])
+    info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(images)))
+    if not keeps_all(lp.paradigm, lp.selection):
+        need(len(images) >= want, f'loop.pool_factor={lp.pool_factor}: {len(images)} candidates '
+             f'cannot yield {want} images')
+        tau, decay = threshold_params(lp.paradigm, lp.feature_space, lp.tau, lp.decay)
+        pick, extra = select(lp.selection, featurize(images), want, seed=seed, tau=tau,
+                             decay=decay)
+        info.update(extra)
+        images, source, index = images[pick], source[pick], index[pick]
+        labels = None if labels is None else labels[pick]
+    if fresh_n:
+        images = np.concatenate([images, fresh[0]])
+        labels = None if labels is None or fresh[1] is None else np.concatenate([labels, fresh[1]])
+        source = np.concatenate([source, np.full(fresh_n, -2, np.int16)])
+        index = np.concatenate([index, fresh[2]])
+    return TrainSet(images, labels, source, index, dict(info, n=int(len(images))))
+
+
 def keeps_all(paradigm: str, rule: str) -> bool:
     """Whether every candidate trains the next generation, with no rule applied: the per-source
     subsample of accumulate_subsample, and accumulate:none's growing union."""

@@ -27,7 +27,8 @@ KEYS = ('train_entropy', 'train_entropy_dedup', 'gs_mse', 'gs_l2', 'gs_ratio', '
         'memorization_calibrated', 'copy_z', 'participation_ratio', 'train_participation_ratio',
         'mean_intensity', 'train_mean_intensity', 'fd', 'fd_floor', 'fd_n', 'recognizable',
         'recognizable_real', 'precision', 'recall', 'real_share', 'train_entropy_feat',
-        'gs_mse_feat', 'gs_digits')
+        'gs_mse_feat', 'gs_digits', 'copy_auc', 'copy_share_q05', 'copy_share_q01',
+        'copy_heldout_n', 'copy_heldout_median')
 
 
 def _ints(text):
@@ -249,8 +250,10 @@ def _pearson_figure(plt, runs, ns, base, r):
     return fig
 
 
-WHAT = {'gs_mse': 'GS (MSE, pixels)', 'copy_z': 'copy_z (<< 0: copying)',
-        'memorization_calibrated': 'memorized share (calibrated)'}
+WHAT = {'gs_mse': 'GS (MSE, pixels)', 'copy_z': 'copy_z (<< 0: copying; size-dependent)',
+        'memorization_calibrated': 'absolute: memorized share (calibrated)',
+        'copy_auc': 'relative: copy AUC (0.5 null)',
+        'copy_share_q05': 'relative: share < held-out 5% quantile (null 0.05)'}
 
 
 def _selection_figure(plt, runs, hn, groups, space, keys=('gs_mse', 'fd')):
@@ -354,7 +357,8 @@ def draw(cfg, workdir):
     figs['selection_gs_fd'] = _selection_figure(plt, runs, hn, groups, space)
     if any(r.get('copy_z') is not None for recs in runs.values() for r in recs):
         figs['copying'] = _selection_figure(plt, runs, hn, groups, space,
-                                            ('copy_z', 'memorization_calibrated'))
+                                            ('memorization_calibrated', 'copy_auc',
+                                             'copy_share_q05', 'copy_z'))
     if any(v.startswith('accumulate') for v in variants):
         figs['real_share'] = _real_share_figure(plt, runs, hn, variants)
     for name, fig in figs.items():

@@ -84,9 +84,15 @@ def get_config():
     sc.pr_k = 3                     # k of the k-NN manifold precision/recall
     # Evaluation sample E_g, drawn apart from the pool: FD, precision/recall and recognizable
     # are measured on it against as many held-out real images (fd_floor: two such real sets),
-    # and the rule applied to it gives the held-out set of the next copy_z. 0 = none (FD on
-    # the pool, copy_z at generation 0 only).
+    # and D_{g+1}'s construction repeated on it (loop.Run.heldout_set) gives the held-out set
+    # of the next generation's copy measures (copy_z, copy_auc, copy_share_q*): as many
+    # replicas of N images from pool_factor x N draws as it holds (from N draws under none and
+    # random). 0 = none (FD on the pool, copy measures at generation 0 only).
     sc.eval_n = 1000
+    # Images of E_g in the FD, precision/recall and recognizable (and so the size of the real
+    # reference and of the floor's second set); 0 = all of E_g. Lets E_g be large for the copy
+    # measures' held-out replicas while the real data still holds the FD's reference sets.
+    sc.fd_n = 0
 
     # Feature-network weights, local files in the PyTorch layout (.safetensors, .npz, or .pth
     # converted with `python -m collapse_jax.features convert`); nothing is downloaded.

@@ -29,7 +29,7 @@ OUT_OF_RANGE = {
     'loop.fresh_fraction': 1.0, 'loop.feature_space': 'clip', 'loop.tau': -1.0,
     'loop.decay': 1.0,
     'score.k': 0, 'score.mem_ratio': -0.3, 'score.grid': 0, 'score.nn_pairs': 0,
-    'score.feature_space': 'vgg', 'score.pr_k': 0, 'score.eval_n': -1,
+    'score.feature_space': 'vgg', 'score.pr_k': 0, 'score.eval_n': -1, 'score.fd_n': -1,
     'features.digits': '/no/such.npz', 'features.inception': '/no/such.pth',
     'features.dinov2': '/no/such.pth', 'features.batch_size': 0,
 }

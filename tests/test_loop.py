@@ -302,7 +302,10 @@ def test_experiment_configs_validate():
     from configs import cifar10_paper, study_cifar10, study_cpu
     from collapse_jax import study
     s = study_cpu.get_config()
-    assert study.runs_of(s) == [(512, 0), (512, 1)] and s.loop.generations == 6
+    assert study.runs_of(s) == [(256, 0), (256, 1)] and s.loop.generations == 5
+    # held-out replicas of >= 1,000 images under greedy, and the real data holds every part
+    assert s.score.eval_n // (s.loop.pool_factor * 256) * 256 >= 1000
+    assert 256 + 2 * s.score.fd_n + max(256, s.score.eval_n) <= 5000
     for n, seed in study.runs_of(s):  # every (N, seed) x variant of the CPU study is valid
         s.data.n, s.sweep = n, study.sweep_of(s, seed)
         assert len(loop.sweep_configs(s, '/unused')) == (3 if seed == 0 else 2)
