@@ -467,41 +467,15 @@ class Run:
         return d
 
     def heldout_set(self, g):
-        """(H_{g+1}, what it is): the held-out set of D_{g+1}'s copy measures. A held-out set is a
-        valid null only if its images are independent draws with the law of an image of
-        D_{g+1}, so H_{g+1} repeats D_{g+1}'s construction at its own sizes (N images from
-        pool_factor x N candidates: greedy and threshold reach further into a larger pool's
-        tails) on independent sources: the evaluation samples E_i for the pools S_i, held-out
-        real images for D_0 and the fresh ones. As many replicas as E_g holds, concatenated.
-        (None, why) when E_g holds less than one replica."""
-        cfg, lp, n = self.cfg, self.cfg.loop, self.cfg.data.n
-        size = n * lp.pool_factor if selection.pool_size_matters(lp.paradigm, lp.selection) \
-            else n
-        fresh_n = fresh_per_generation(cfg)
-        needs_real = lp.paradigm.startswith('accumulate') or fresh_n
-        reps = cfg.score.eval_n // size
-        if needs_real:
-            reps = min(reps, len(self.mirror_real) // n)
-        if reps < 1:
-            return None, (f'none (score.eval_n={cfg.score.eval_n} holds no replica of '
-                          f'{size} draws{" and " + str(n) + " held-out real" if needs_real else ""})')
-        rng = streams.numpy_rng(cfg.seed, 'mirror', g)
-        names, held = selection.source_names(lp.paradigm, g), []
-        for j in range(reps):
-            real = self.mirror_real[j * n:(j + 1) * n]
-            sources = {s: (real, None) if s == 'real' else
-                       (self.eval_sample(int(s[1:]))[j * size:(j + 1) * size], None)
-                       for s in names}
-            fresh = (real[:fresh_n], None, np.arange(fresh_n)) if fresh_n else None
-            try:
-                held.append(selection.next_training_set(
-                    lp, g, n, sources, rng=rng, seed=int(rng.integers(2 ** 31)),
-                    featurize=self.featurize, fresh=fresh).images)
-            except ValueError as e:
-                return None, f'none (the held-out replica failed: {e})'
-        return np.concatenate(held), (f'{reps} independent replica(s) of {self.label} at N={n} '
-                                      f'from {size} draws of E_{g}' +
-                                      (' and held-out real' if needs_real else ''))
+        """(H_{g+1}, what it is): the held-out set of D_{g+1}'s copy measures, built by
+        selection.heldout_set from the evaluation samples E_i and held-out real images."""
+        cfg = self.cfg
+        draws = {s: self.eval_sample(int(s[1:]))
+                 for s in selection.source_names(cfg.loop.paradigm, g) if s != 'real'}
+        return selection.heldout_set(cfg.loop, g, cfg.data.n, draws, self.mirror_real,
+                                     rng=streams.numpy_rng(cfg.seed, 'mirror', g),
+                                     featurize=self.featurize,
+                                     fresh_n=fresh_per_generation(cfg))
 
 
 def pixel_variance(images) -> float:

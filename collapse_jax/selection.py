@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from collapse_jax.data import need
+from collapse_jax.layout import TrainSet
 from collapse_jax.scoring import unique_rows
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -201,7 +202,6 @@ def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: 
     rule's seed; featurize: images -> the selection's features. fresh: (images, labels, rows) of
     the new real images added under 'fresh', else None. Returns a layout.TrainSet whose source
     ids are -1 real, -2 fresh real, i for S_i."""
-    from collapse_jax.layout import TrainSet
     pool = sources[f'S{generation}'][0]
     cands = candidate_sources(lp.paradigm, generation, n, len(pool), rng)
     fresh_n = 0 if fresh is None else len(fresh[0])
@@ -230,6 +230,43 @@ def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: 
         source = np.concatenate([source, np.full(fresh_n, -2, np.int16)])
         index = np.concatenate([index, fresh[2]])
     return TrainSet(images, labels, source, index, dict(info, n=int(len(images))))
+
+
+def heldout_set(lp, generation: int, n: int, draws: dict, real, *, rng, featurize, fresh_n=0):
+    """(H_{g+1}, what it is): a held-out set for D_{g+1}'s relative copy measures.
+
+    A held-out set is a valid null only if its images are independent draws with the law of an
+    image of D_{g+1}. So H_{g+1} repeats D_{g+1}'s construction (`next_training_set`) at D_{g+1}'s
+    own sizes, N images from pool_factor x N candidates (greedy and threshold reach further
+    into a larger pool's tails; from N under none and random, whose picks are i.i.d. at any
+    size), on independent sources: draws {'S<i>': E_i} for the pools, `real` (held-out real
+    images, N a replica) for D_0 and the fresh images. As many replicas as the draws hold,
+    concatenated: the replicas are independent, and each image has the law of one of D_{g+1}.
+    (None, why) when the draws hold no replica."""
+    size = n * lp.pool_factor if pool_size_matters(lp.paradigm, lp.selection) else n
+    names = source_names(lp.paradigm, generation)
+    needs_real = 'real' in names or fresh_n > 0
+    reps = min(len(draws[s]) for s in names if s != 'real') // size
+    if needs_real:
+        reps = min(reps, len(real) // n)
+    if reps < 1:
+        return None, (f'none (the evaluation sample holds no replica of {size} draws'
+                      f'{f" and {n} held-out real" if needs_real else ""})')
+    held = []
+    for j in range(reps):
+        block = real[j * n:(j + 1) * n] if needs_real else None
+        sources = {s: (block, None) if s == 'real' else (draws[s][j * size:(j + 1) * size], None)
+                   for s in names}
+        fresh = (block[:fresh_n], None, np.arange(fresh_n)) if fresh_n else None
+        try:
+            held.append(next_training_set(lp, generation, n, sources, rng=rng,
+                                          seed=int(rng.integers(2 ** 31)), featurize=featurize,
+                                          fresh=fresh).images)
+        except ValueError as e:
+            return None, f'none (a held-out replica failed: {e})'
+    return np.concatenate(held), (
+        f'{reps} independent replica(s) of {lp.paradigm}/{lp.selection} at N={n} from {size} '
+        f'draws of E_{generation}' + (' and held-out real' if needs_real else ''))
 
 
 def keeps_all(paradigm: str, rule: str) -> bool:

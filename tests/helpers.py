@@ -67,6 +67,8 @@ def fake_run(workdir, paradigm, selection, seed):
                          gs_mse=0.2 * np.exp(-0.5 * g), gs_l2=5.0 - g, memorization=0.0,
                          fd=10.0 + g, precision=0.5, recall=0.4 - 0.1 * g, real_share=1.0,
                          train_entropy_feat=100.0 - 9 * g, gs_mse_feat=2.0 / (g + 1),
+                         copy_z=rng.normal() - g, copy_auc=0.5 - 0.05 * g + 0.01 * rng.normal(),
+                         gs_digits=6.0 - g + 0.3 * rng.normal(),
                          feature_space='pixel', fd_space='digits',
                          fd_reference='held-out real, n=32'))
     files.save_jsonl(os.path.join(workdir, 'metrics.jsonl'), recs)

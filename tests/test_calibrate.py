@@ -23,7 +23,8 @@ def test_calibration_measures_every_cell_resumes_and_draws(tmp_path, engine):
     cells = {(r['n'], r['steps']): r for r in res['cells']}
     assert sorted(cells) == [(16, 2), (16, 4), (64, 2), (64, 4)]
     for r in cells.values():
-        assert r['n_samples'] == 32 and r['copy_z_heldout'].startswith('held-out real')
+        assert r['n_samples'] == 32 and r['copy_heldout'] == 'held-out real'
+        assert (r['copy_auc'] - 0.5) * r['copy_z'] >= 0  # one statistic, two scales
         for key in calibrate.KEYS:
             assert r[key] is not None, key
     assert os.path.getsize(tmp_path / 'figures' / 'phase.png') > 0

@@ -250,9 +250,13 @@ def test_convert_reads_a_pytorch_pickle(tmp_path):
 def test_digits_classifier_is_the_fixed_file_and_accurate(digits_features):
     f = digits_features
     assert F.sha256(F.DIGITS_WEIGHTS) == F.DIGITS_SHA256
-    assert f.info['accuracy'] == pytest.approx(0.968, abs=1e-6)  # stored with the weights
     from collapse_jax import data
     x, y = data.read_source('mnist5k')
+    # the stored accuracy is what the weights score on the 500 digits they never saw
+    held = data.real_order(len(x), 12345)[4500:]
+    probs = F.Featurizer('p', F.digits_classifier('', F.DigitsProbabilities)[0])(x[held])
+    acc = float(np.mean(np.argmax(probs, -1) == y[held]))
+    assert acc >= 0.95 and f.info['accuracy'] == pytest.approx(acc, abs=1e-6)
     feats = f(x[:200])
     assert feats.shape == (200, 128) and np.all(np.isfinite(feats))
     # pinned: the same features on every machine, so digits-space FDs reproduce

@@ -46,10 +46,10 @@ def test_two_generations_end_to_end(tmp_path, engine, digits_features):
         assert r['fd_reference'] == 'held-out real, n=32'
         assert r['feature_info']['digits']['accuracy'] >= 0.95
         assert r['train_entropy_feat'] == pytest.approx(r['train_entropy'], rel=1e-6)  # pixel
-    # copying against collapse: copy_z's held-out sets, and the scale-free GS by brute force
-    assert r0['copy_z_heldout'] == 'held-out real, n=16'
-    assert r1['copy_z_heldout'] == ('accumulate/none applied to independent samples (E_i, '
-                                    'held-out real for D_0), n=48')
+    # copying against collapse: the held-out sets, and the scale-free GS by brute force
+    assert r0['copy_heldout'] == 'held-out real' and r0['copy_heldout_n'] == 32
+    # accumulate/none: one replica, 16 held-out real beside E_0's 32 (pools of 2N)
+    assert r1['copy_heldout_n'] == 48 and r1['copy_heldout'].startswith('1 independent replica')
     d0 = np.load(tmp_path / 'gen_000' / 'train_images.npy').reshape(16, -1).astype(np.float64)
     p0 = np.load(tmp_path / 'gen_000' / 'pool.npy').reshape(32, -1).astype(np.float64)
     dist = np.sqrt(((p0[:, None] - d0[None]) ** 2).sum(-1)).min(1)
@@ -89,6 +89,34 @@ def test_two_generations_end_to_end(tmp_path, engine, digits_features):
     # 3 pictures per generation + curves + entropy/GS + the loss, all inlined
     assert page.count('src="data:image/png;base64,') == 3 * 2 + 3 and 'Training loss' in page
     assert 'Generation 1' in page and '<b>digits</b>' in page
+
+
+def brute_auc(d_gen, d_held):
+    """U / (mn) by counting pairs: a sample farther than a held-out image counts 1, a tie 1/2."""
+    diff = d_gen[:, None] - d_held[None]
+    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+
+
+def nearest_l2(a, b):
+    a, b = (x.reshape(len(x), -1).astype(np.float64) for x in (a, b))
+    return np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1)).min(1)
+
+
+@pytest.mark.slow
+def test_relative_copying_uses_fresh_draws_never_the_pool(tmp_path, engine):
+    # replace:none at N = 16 with E_g of 32: two replicas of 16 from 16 draws each, so H_1 is all
+    # of E_0. Scored against a leak (the pool S_0 as the held-out set) the numbers differ
+    recs = loop.run_generations(tiny(paradigm='replace', selection='none'), str(tmp_path), engine)
+    r1 = recs[1]
+    d1 = np.load(tmp_path / 'gen_001' / 'train_images.npy')
+    d_gen = nearest_l2(np.load(tmp_path / 'gen_001' / 'pool.npy'), d1)
+    d_held = nearest_l2(np.load(tmp_path / 'gen_000' / 'eval.npy'), d1)
+    d_leak = nearest_l2(np.load(tmp_path / 'gen_000' / 'pool.npy'), d1)
+    assert r1['copy_heldout_n'] == 32 and r1['copy_heldout'].startswith('2 independent replica')
+    assert r1['copy_auc'] == pytest.approx(brute_auc(d_gen, d_held), abs=1e-9)
+    assert abs(brute_auc(d_gen, d_leak) - r1['copy_auc']) > 0.05  # the leak would show
+    assert r1['copy_share_q05'] == pytest.approx(np.mean(d_gen < np.quantile(d_held, 0.05)))
+    assert r1['copy_heldout_median'] == pytest.approx(np.median(d_held))
 
 
 @pytest.mark.slow

@@ -68,6 +68,12 @@ def test_score_mode_one_line_errors_and_a_real_score(tmp_path):
     dist = np.sqrt(((px[:60, None] - px[None, 60:160]) ** 2).sum(-1)).min(1)
     assert rec['gs_l2'] == pytest.approx(dist.mean() / 127.5, rel=1e-5)
     assert rec['fd'] == pytest.approx(scoring.frechet_distance(px[:60], px[160:400]), rel=1e-5)
+    # --reference is the held-out set of the relative copy measures
+    d_ref = np.sqrt(((px[160:400, None] - px[None, 60:160]) ** 2).sum(-1)).min(1)
+    diff = dist[:, None] - d_ref[None]
+    assert rec['copy_auc'] == pytest.approx(np.mean((diff > 0) + 0.5 * (diff == 0)))
+    assert rec['copy_share_q01'] == pytest.approx(np.mean(dist < np.quantile(d_ref, 0.01)))
+    assert rec['copy_heldout'] == '--reference, n=240'
     # floats in [0, 1] are the same images
     rec2 = measure.score_files(paths['float01'], paths['train'], paths['ref'], out=out)
     assert rec2['gs_l2'] == rec['gs_l2']

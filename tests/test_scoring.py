@@ -178,3 +178,33 @@ def test_participation_ratio_of_a_known_covariance():
     lam = np.linalg.eigvalsh(np.cov(wide.T))
     assert scoring.participation_ratio(wide) == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum(),
                                                               rel=1e-9)
+
+
+def test_copy_statistics_against_pair_counting_and_quantiles():
+    rng = np.random.default_rng(2)
+    d_gen, d_held = rng.gamma(2.0, size=300), rng.gamma(2.5, size=1000)
+    d_gen[:20] = d_held[:20]  # ties count 1/2
+    s = scoring.copy_statistics(d_gen, d_held)
+    diff = d_gen[:, None] - d_held[None]
+    assert s['copy_auc'] == pytest.approx(np.mean((diff > 0) + 0.5 * (diff == 0)), abs=1e-12)
+    for q in (0.05, 0.01):
+        cut = np.sort(d_held)[int(q * 999)] + q * 999 % 1 * np.diff(np.sort(d_held))[int(q * 999)]
+        assert s[f'copy_share_q{round(100 * q):02d}'] == pytest.approx(np.mean(d_gen < cut))
+    assert s['copy_heldout_median'] == pytest.approx(np.median(d_held))
+    # Z depends on the sizes, AUC does not: the same two laws with a tenth of the held-out set
+    small = scoring.copy_statistics(d_gen, d_held[200:300])
+    assert abs(s['copy_z']) > 1.4 * abs(small['copy_z'])
+    assert small['copy_auc'] == pytest.approx(s['copy_auc'], abs=0.05)
+
+
+def test_copy_shares_sit_at_their_null_for_fresh_draws_and_rise_for_copies():
+    rng = np.random.default_rng(3)
+    train, held = rng.normal(size=(300, 6)), rng.normal(size=(2000, 6))
+    d_held = scoring.nearest_train(held, train)[1]
+    fresh = scoring.copy_statistics(scoring.nearest_train(rng.normal(size=(2000, 6)), train)[1],
+                                    d_held)
+    assert fresh['copy_share_q05'] == pytest.approx(0.05, abs=0.02)
+    assert fresh['copy_auc'] == pytest.approx(0.5, abs=0.03)
+    copies = train[rng.choice(300, 500)] + 0.05 * rng.normal(size=(500, 6))
+    copied = scoring.copy_statistics(scoring.nearest_train(copies, train)[1], d_held)
+    assert copied['copy_share_q01'] > 0.9 and copied['copy_auc'] < 0.05

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from collapse_jax import selection
-from collapse_jax import greedy_select, threshold_select
+from collapse_jax import greedy_select, knn_entropy, threshold_select
 
 
 def naive_greedy(x, n, first):
@@ -111,3 +111,106 @@ def test_threshold_defaults_are_the_reference_code_values():
     assert selection.threshold_params('accumulate', 'dinov2') == (60.0, 0.80)
     assert selection.threshold_params('replace', 'dinov2') == (60.0, 0.95)
     assert selection.threshold_params('accumulate', 'pixel', tau=5.0, decay=0.5) == (5.0, 0.5)
+
+
+def loop_section(paradigm='replace', rule='none', pool_factor=2, **fields):
+    from configs import default
+    lp = default.get_config().loop
+    lp.update(dict(paradigm=paradigm, selection=rule, pool_factor=pool_factor, **fields))
+    return lp
+
+
+def flat(x):
+    return x.reshape(len(x), -1)
+
+
+@pytest.mark.parametrize('paradigm,rule', [('replace', 'none'), ('replace', 'greedy'),
+                                           ('replace', 'threshold'), ('accumulate', 'greedy'),
+                                           ('accumulate', 'none'), ('accumulate_subsample', 'none'),
+                                           ('fresh', 'random')])
+def test_next_training_set_on_plain_arrays(paradigm, rule):
+    rng = np.random.default_rng(0)
+    n, g = 20, 1
+    real = rng.integers(0, 256, (n, 4, 4, 1), np.uint8)
+    pools = {f'S{i}': rng.integers(0, 256, (2 * n, 4, 4, 1), np.uint8) for i in range(g + 1)}
+    sources = {s: (real if s == 'real' else pools[s], None)
+               for s in selection.source_names(paradigm, g)}
+    fresh = (real[:2], None, np.arange(2)) if paradigm == 'fresh' else None
+    lp = loop_section(paradigm, rule, tau=300.0)
+    d = selection.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
+                                    featurize=flat, fresh=fresh)
+    size = n + (g + 1) * 2 * n if (paradigm, rule) == ('accumulate', 'none') else n
+    assert len(d.images) == len(d.source) == len(d.index) == d.info['n'] == size
+    for s, i, img in zip(d.source, d.index, d.images):  # every image is the row it names
+        src = real if s in (-1, -2) else pools[f'S{s}']
+        np.testing.assert_array_equal(img, src[i])
+    assert (d.source == -2).sum() == (2 if paradigm == 'fresh' else 0)
+    if paradigm == 'replace':
+        assert set(d.source.tolist()) == {g}  # S_g alone
+        rows = selection.candidate_sources(paradigm, g, n, 2 * n, np.random.default_rng(1))[0][1]
+        picks = selection.select(rule, flat(pools['S1'][rows]), n, seed=2, tau=300.0,
+                                 decay=0.95)[0]
+        np.testing.assert_array_equal(d.index, rows[picks])  # the rule's picks, in its order
+    # the same call is deterministic in its streams
+    again = selection.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
+                                        featurize=flat, fresh=fresh)
+    np.testing.assert_array_equal(again.images, d.images)
+
+
+def test_heldout_set_reads_only_fresh_draws_at_the_training_sets_own_sizes():
+    rng = np.random.default_rng(0)
+    n = 16
+    draws = {'S0': rng.normal(size=(100, 5))}
+    # none: i.i.d. picks at any size, so replicas of N from N draws use every whole block
+    h, what = selection.heldout_set(loop_section('replace', 'none'), 0, n, draws, None,
+                                    rng=np.random.default_rng(1), featurize=flat)
+    assert len(h) == 96 and what.startswith('6 independent replica')
+    assert sorted(map(tuple, h)) == sorted(map(tuple, draws['S0'][:96]))
+    # greedy: each replica is greedy on its own block of 2N draws, N picked
+    h, what = selection.heldout_set(loop_section('replace', 'greedy'), 0, n, draws, None,
+                                    rng=np.random.default_rng(1), featurize=flat)
+    assert len(h) == 48 and 'from 32 draws' in what
+    for j in range(3):
+        block = draws['S0'][32 * j:32 * (j + 1)]
+        rep = h[16 * j:16 * (j + 1)]
+        assert all(any(np.array_equal(r, b) for b in block) for r in rep)
+        assert knn_entropy(rep) > knn_entropy(block[:16])  # spread out
+    # accumulate needs N held-out real per replica; too few draws give none, with the reason
+    real = rng.normal(size=(20, 5))
+    h, what = selection.heldout_set(loop_section('accumulate', 'greedy'), 0, n, draws, real,
+                                    rng=np.random.default_rng(1), featurize=flat)
+    assert len(h) == 16 and what.endswith('and held-out real')
+    h, what = selection.heldout_set(loop_section('replace', 'greedy'), 0, n,
+                                    {'S0': draws['S0'][:31]}, None, rng=rng, featurize=flat)
+    assert h is None and 'no replica of 32 draws' in what
+
+
+@pytest.mark.parametrize('rule', ['greedy', 'threshold'])
+def test_heldout_replicas_are_a_null_for_a_model_of_its_training_law(rule):
+    """Simulation (DESIGN §3): a model that reproduces the law of its training images exactly,
+    i.e. its samples are independent draws with the law of an image of D_{g+1}, must score the
+    null against H_{g+1}: AUC 0.5, tail share q. The limit: a model that learned the pool's law instead
+    (undoing the selection) scores well below 0.5 with no copying, so the relative measures of
+    greedy and threshold assume the model learns its selected training set's law."""
+    from collapse_jax import scoring
+    n, d, trials = 32, 32, 12
+    lp = loop_section('replace', rule, tau=10.0)
+    rng = np.random.default_rng(0)
+    aucs, shares, pool_law = [], [], []
+    for _ in range(trials):
+        d_next = selection.next_training_set(lp, 0, n, {'S0': (rng.normal(size=(2 * n, d)), None)},
+                                             rng=rng, seed=int(rng.integers(2 ** 31)),
+                                             featurize=flat).images
+        model, _ = selection.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
+                                         rng=rng, featurize=flat)
+        held, _ = selection.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
+                                        rng=rng, featurize=flat)
+        d_held = scoring.nearest_train(held, d_next)[1]
+        s = scoring.copy_statistics(scoring.nearest_train(model, d_next)[1], d_held)
+        aucs.append(s['copy_auc'])
+        shares.append(s['copy_share_q05'])
+        pool_law.append(scoring.copy_statistics(scoring.nearest_train(
+            rng.normal(size=(8 * n, d)), d_next)[1], d_held)['copy_auc'])
+    assert np.mean(aucs) == pytest.approx(0.5, abs=0.025)
+    assert np.mean(shares) == pytest.approx(0.05, abs=0.02)
+    assert np.mean(pool_law) < 0.45

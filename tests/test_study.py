@@ -71,6 +71,13 @@ def test_draws_figures_and_results_from_finished_runs(tmp_path):
                       if r['generation'] or r['variant'] == 'replace/none'])
     assert res['pearson_all_points'] == 18 - 3  # generation 0 once per run
     assert res['pearson_all_variants'] == pytest.approx(np.corrcoef(every.T)[0, 1])
+    # across spaces: the pixel entropy against log GS in the digits space and against copy_z
+    base = [r for r in rows if r['variant'] == 'replace/none']
+    for key, y in (('pearson_entropy_log_gs_digits', lambda r: np.log(r['gs_digits'])),
+                   ('pearson_entropy_copy_z', lambda r: r['copy_z'])):
+        pts = np.array([(r['train_entropy'], y(r)) for r in base])
+        assert res[key] == pytest.approx(np.corrcoef(pts.T)[0, 1]), key
+    assert os.path.getsize(tmp_path / 'figures' / 'copying.png') > 0
     assert json.load(open(tmp_path / 'figures' / 'results.json'))['rows'] == json.loads(
         json.dumps(rows))
     assert (tmp_path / 'figures' / 'results.csv').read_text().count('\n') == len(rows) + 1
@@ -90,7 +97,6 @@ def test_one_real_study_run_end_to_end_and_headline_check(tmp_path, engine):
     d = np.sqrt(((pool[:, None].astype(np.float64) - train[None]) ** 2).sum(-1)).min(1)
     row = next(r for r in res['rows'] if r['variant'] == 'replace/greedy' and r['generation'] == 1)
     assert row['gs_digits'] == pytest.approx(d.mean(), rel=1e-4)
-    assert {'pearson_entropy_log_gs_digits', 'pearson_entropy_copy_z'} <= set(res)
     bad = toy(headline=20)
     with pytest.raises(ValueError, match='study.headline_n=20 must be one of'):
         study.run_study(bad, str(tmp_path / 'bad'), engine)
