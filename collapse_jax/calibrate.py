@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from collapse_jax import files, loop, measure, report
+from collapse_jax import files, judge, loop, measure, report
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
 
@@ -85,11 +85,11 @@ def _calibrate_n(cfg, workdir, steps, engine):
             params = state['ema'] if cfg.train.ema else state['params']
             sample = loop.sample_pool(cfg, engine, params, cfg.score.eval_n, 0, 'eval')[0]
             px, nn_idx = measure.pixel_measures(d0.images, sample, cfg.score.k,
-                                                cfg.score.mem_ratio, run.copy_threshold(),
+                                                cfg.score.mem_ratio, run.judge.copy_threshold(),
                                                 return_nearest=True)
             rec = dict(n=cfg.data.n, steps=s, n_samples=len(sample), **px,
-                       **run.copying(sample, d0.images, run.mirror_real, 'held-out real'),
-                       **run.fidelity(sample))
+                       **judge.copying(sample, d0.images, *run.judge.heldout(0, None)),
+                       **run.judge.fidelity(sample))
             rec.pop('feature_info', None)
             k = min(cfg.score.nn_pairs, len(sample))
             report.sample_grid(os.path.join(cells, f'steps{s}_samples.png'),

@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from collapse_jax import (data, diffusion, features, files, layout, measure, parallel, report,
                           scoring, selection, streams)
+from collapse_jax import judge as judge_lib
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
 
@@ -33,7 +34,7 @@ def validate(cfg, dataset_size: int | None = None):
                   selection.check_config, measure.check_config, features.check_config):
         check(cfg)
     if dataset_size is not None:
-        extra = fresh_per_generation(cfg) * (cfg.loop.generations - 1)
+        extra = selection.fresh_per_generation(cfg) * (cfg.loop.generations - 1)
         need(cfg.data.n + extra <= dataset_size,
              f'data.n={cfg.data.n} (+{extra} fresh) exceeds the {dataset_size} images of '
              f'data.source={cfg.data.source!r}')
@@ -45,12 +46,6 @@ def check_top_level(cfg) -> None:
         need(cfg[field] >= 0, f'{field}={cfg[field]}; must be >= 0')
     if cfg.sweep:  # the form here; each variant's paradigm and rule by its own validate
         layout.parse_variants(cfg.sweep)
-
-
-def fresh_per_generation(cfg, n=None):
-    """New real images per generation under 'fresh', for a training set of n (default N)."""
-    n = cfg.data.n if n is None else n
-    return int(round(cfg.loop.fresh_fraction * n)) if cfg.loop.paradigm == 'fresh' else 0
 
 
 def _barrier(name):
@@ -196,40 +191,14 @@ class Run:
         self.cfg, self.dir = cfg, layout.RunDir(workdir)
         self.label = layout.variant_label(cfg.loop.paradigm, cfg.loop.selection)
         self.real = data.RealSplit(images, labels, n=cfg.data.n, seed=cfg.seed,
-                                   fresh_per_generation=fresh_per_generation(cfg),
+                                   fresh_per_generation=selection.fresh_per_generation(cfg),
                                    generations=cfg.loop.generations)
-        self.featurize = features.for_config(cfg, cfg.loop.feature_space)
-        self.scorer = features.for_config(cfg, features.score_space(cfg))
+        self.judge = judge_lib.Judge(cfg, self.real)
         self.writer = jax.process_index() == 0
         self._pools, self._evals = {}, {}  # generation -> S_g (images, labels) / E_g images
-        # held-out real images, never trained on: the FD reference (as many as the evaluation
-        # sample, or score.fd_n), a second set of that size for the FD's noise floor, and
-        # max(N, eval_n) for the copy measures' held-out set at generation 0 (and the real part
-        # of later held-out replicas)
-        size = cfg.score.eval_n or cfg.data.n * cfg.loop.pool_factor
-        size = min(size, cfg.score.fd_n or size)
-        parts = self.real.held_out(reference=size, floor=size,
-                                   mirror=max(cfg.data.n, cfg.score.eval_n))
-        self.reference = self._reference(parts['reference'])
-        self.floor_images = self.real.images[parts['floor']] if len(parts['floor']) == len(
-            parts['reference']) else None
-        self.mirror_real = self.real.images[parts['mirror']]
-        self._cache = {}  # per-run constants: reference features, FD floor, copy threshold
         # the ETA: generations run after this variant, and the wall time of the last generation
         # this process trained
         self.later, self._per_gen = later, None
-
-    def _reference(self, rows):
-        """The reference of the Frechet distance and precision/recall; D_0 itself only if the
-        dataset has no held-out images left."""
-        if len(rows) < 2:
-            return dict(images=self.real.d0()[0], name='D_0 (no held-out real images left)')
-        return dict(images=self.real.images[rows], name=f'held-out real, n={len(rows)}')
-
-    def _once(self, key, fn):
-        if key not in self._cache:
-            self._cache[key] = fn()
-        return self._cache[key]
 
     def first_training_set(self) -> layout.TrainSet:
         images, labels = self.real.d0()
@@ -358,90 +327,23 @@ class Run:
         return records
 
     def score(self, g, d_g: layout.TrainSet, pool, times: dict) -> dict:
-        """The generation's record. Pixels (entropy: nats, 0-255; GS, variance: [-1, 1]): D_g's
-        entropy, S_g's GS, gs_ratio, memorization (ratio test and calibrated), copy_z against a
-        held-out set from D_g's own distribution, effective dimension and intensity. In the
-        selection's feature space: entropy and GS. In the score space: FD (beside its floor) and
-        precision/recall of the evaluation sample E_g (or S_g) against held-out real images,
-        and the share of recognizable digits."""
+        """The generation's record (judge.Judge.record), its pictures and its times."""
         cfg, t0 = self.cfg, time.time()
-        px, nn_idx = measure.pixel_measures(d_g.images, pool, cfg.score.k, cfg.score.mem_ratio,
-                                            copy_threshold=self.copy_threshold(),
-                                            return_nearest=True)
-        fz = self.featurize
-        rec = dict(
-            generation=g, paradigm=cfg.loop.paradigm, selection=cfg.loop.selection,
-            feature_space=fz.name, fd_space=self.scorer.name,
-            units=f'entropy: nats, pixels in [0, 255]; gs/variance: pixels in [-1, 1]; '
-                  f'mean_intensity, copy_threshold: 0-255; *_feat: {fz.name} features; fd, '
-                  f'precision, recall: {self.scorer.name} features',
-            n_train=int(len(d_g.images)), n_pool=int(len(pool)), **px,
-            pool_variance=pixel_variance(pool), train_variance=pixel_variance(d_g.images),
-            real_share=float(np.mean(d_g.source < 0)),
-            how_built={k: v for k, v in d_g.info.items() if k != 'select_s'},
-            select_s=d_g.info.get('select_s'),
-            sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
-                         variance=cfg.sample.variance, guidance=cfg.sample.guidance))
-        rec.update(self._copying(g, d_g, pool))
-        sample = self.eval_sample(g)
-        rec.update(self.fidelity((pool if sample is None else sample)[:cfg.score.fd_n or None]))
-        f_pool = fz(pool)
-        rec.update(measure.space_measures(fz(d_g.images), f_pool, cfg.score.k))
+        draws = None if g == 0 or not cfg.score.eval_n else {
+            s: self.eval_sample(int(s[1:]))
+            for s in selection.source_names(cfg.loop.paradigm, g - 1) if s != 'real'}
+        rec, nn_idx = self.judge.record(g, d_g, pool, self.eval_sample(g), draws)
         if self.writer:
             self._draw(g, d_g, pool, nn_idx)
         rec['score_s'] = time.time() - t0
         rec.update(times)
         return rec
 
-    def fidelity(self, sample) -> dict:
-        """FD and precision/recall of `sample` (E_g, or S_g when eval_n = 0) against the held-out
-        reference, the FD between two real sets of the same size (its noise floor), and the
-        share of samples (and of real digits) the digits classifier labels with p >= 0.9."""
-        sc = self.scorer
-        ref = self._once('reference_feats', lambda: sc(self.reference['images']))
-        out = measure.fd_measures(sc(sample), ref, self.cfg.score.pr_k)
-        out.update(fd_reference=self.reference['name'], feature_info={
-            self.featurize.name: self.featurize.info, sc.name: sc.info},
-            fd_sample='evaluation sample E_g' if self.cfg.score.eval_n else 'pool S_g',
-            fd_floor=self._once('fd_floor', lambda: None if self.floor_images is None else
-                                scoring.frechet_distance(sc(self.floor_images), ref)))
-        if self.cfg.data.channels == 1:
-            out['recognizable'] = features.recognizable(sample, self.cfg.features)
-            out['recognizable_real'] = self._once('recognizable_real', lambda: (
-                features.recognizable(self.reference['images'], self.cfg.features)))
-        return out
-
-    def _copying(self, g, d_g, pool) -> dict:
-        """Relative copying (scoring.copy_statistics) of S_g against D_g, with a held-out set H_g
-        of independent draws of the process that made D_g: held-out real images at generation
-        0; later `heldout_set(g - 1)`."""
-        if g == 0:
-            return self.copying(pool, d_g.images, self.mirror_real, 'held-out real')
-        if not self.cfg.score.eval_n:
-            return dict(copy_z=None, copy_heldout='none (score.eval_n = 0)')
-        held, what = self.heldout_set(g - 1)
-        return self.copying(pool, d_g.images, held, what)
-
-    @staticmethod
-    def copying(sample, train, held, what) -> dict:
-        if held is None or len(held) < 2:
-            return dict(copy_z=None, copy_heldout=what or 'none (no held-out images left)')
-        t = features.pixel(train)
-        out = scoring.copy_statistics(scoring.nearest_train(features.pixel(sample), t)[1],
-                                      scoring.nearest_train(features.pixel(held), t)[1])
-        return dict(out, copy_heldout=what, copy_heldout_n=int(len(held)))
-
-    def copy_threshold(self):
-        """memorization_calibrated's distance (0-255 L2), from real images, once per run."""
-        return self._once('copy_threshold', lambda: measure.copy_threshold(
-            self.real.d0()[0], self.mirror_real, self.cfg.score.mem_ratio)
-            if len(self.mirror_real) else None)
-
     def _draw(self, g, d_g, pool, nn_idx):
         gd, k = self.dir.gen(g), min(self.cfg.score.nn_pairs, len(pool))
         report.sample_grid(gd.file('samples.png'), pool[:self.cfg.score.grid])
         report.nn_grid(gd.file('nearest.png'), pool[:k], d_g.images[nn_idx[:k]])
-        report.projection(gd.file('projection.png'), self.reference['images'], pool,
+        report.projection(gd.file('projection.png'), self.judge.reference['images'], pool,
                           f"generation {g}: samples on the real data's top-2 principal axes")
 
     def select(self, g) -> layout.TrainSet:
@@ -451,36 +353,20 @@ class Run:
         sources = {s: self.real.d0() if s == 'real' else self.pool(int(s[1:]))
                    for s in selection.source_names(cfg.loop.paradigm, g)}
         fresh = None
-        if fresh_per_generation(cfg):
+        if selection.fresh_per_generation(cfg):
             rows = self.real.fresh_rows(g)
             fresh = (self.real.images[rows],
                      None if self.real.labels is None else self.real.labels[rows], rows)
         try:
             d = selection.next_training_set(
                 cfg.loop, g, cfg.data.n, sources, rng=streams.numpy_rng(cfg.seed, 'candidates', g),
-                seed=streams.numpy_seed(cfg.seed, 'selection', g), featurize=self.featurize,
+                seed=streams.numpy_seed(cfg.seed, 'selection', g), featurize=self.judge.featurize,
                 fresh=fresh)
         except ValueError as e:
             raise ValueError(f'generation {g + 1}, loop.selection={cfg.loop.selection}: {e}') \
                 from None
         d.info['select_s'] = time.time() - t0
         return d
-
-    def heldout_set(self, g):
-        """(H_{g+1}, what it is): the held-out set of D_{g+1}'s copy measures, built by
-        selection.heldout_set from the evaluation samples E_i and held-out real images."""
-        cfg = self.cfg
-        draws = {s: self.eval_sample(int(s[1:]))
-                 for s in selection.source_names(cfg.loop.paradigm, g) if s != 'real'}
-        return selection.heldout_set(cfg.loop, g, cfg.data.n, draws, self.mirror_real,
-                                     rng=streams.numpy_rng(cfg.seed, 'mirror', g),
-                                     featurize=self.featurize,
-                                     fresh_n=fresh_per_generation(cfg))
-
-
-def pixel_variance(images) -> float:
-    """Trace of the pixel covariance, pixels in [-1, 1]."""
-    return float(np.sum(np.var(features.pixel(images) / data.PM1, axis=0)))
 
 
 def sample_pool(cfg, engine, params, count, generation, stream='sample'):

@@ -177,6 +177,12 @@ def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, rn
     raise ValueError(f'loop.paradigm={paradigm!r}; allowed: {", ".join(PARADIGMS)}')
 
 
+def fresh_per_generation(cfg, n=None) -> int:
+    """New real images per generation under 'fresh', for a training set of n (default N)."""
+    n = cfg.data.n if n is None else n
+    return int(round(cfg.loop.fresh_fraction * n)) if cfg.loop.paradigm == 'fresh' else 0
+
+
 def source_names(paradigm: str, generation: int) -> list:
     """The sources D_{g+1}'s candidates come from: S_g alone, or D_0 and every pool so far."""
     pools = [f'S{i}' for i in range(generation + 1)]

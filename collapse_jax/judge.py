@@ -1,0 +1,122 @@
+"""What is measured: one `Judge` per run owns the reference sets (held-out real images for the
+FD, its noise floor and the copy measures, the calibrated copy distance) and the featurizers, and
+computes a generation's record from arrays. No drawing, no timing, no files: the loop orders the
+phases and writes; calibrate and the study use the same object.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from collapse_jax import data, features, measure, scoring, selection, streams
+
+
+def pixel_variance(images) -> float:
+    """Trace of the pixel covariance, pixels in [-1, 1]."""
+    return float(np.sum(np.var(features.pixel(images) / data.PM1, axis=0)))
+
+
+def copying(sample, train, held, what) -> dict:
+    """Relative copying (scoring.copy_statistics, pixels) of `sample` against `train`, with the
+    held-out set `held` (described by `what`); copy_z None when there is none."""
+    if held is None or len(held) < 2:
+        return dict(copy_z=None, copy_heldout=what or 'none (no held-out images left)')
+    t = features.pixel(train)
+    out = scoring.copy_statistics(scoring.nearest_train(features.pixel(sample), t)[1],
+                                  scoring.nearest_train(features.pixel(held), t)[1])
+    return dict(out, copy_heldout=what, copy_heldout_n=int(len(held)))
+
+
+class Judge:
+    """A run's measures. `real` is the run's data.RealSplit; the held-out parts come after
+    every image the run can train on: the FD reference (E_g's size, or score.fd_n), a second set
+    of that size for the FD's noise floor, and max(N, eval_n) held-out real images for the copy
+    measures at generation 0 and the real part of later held-out replicas."""
+
+    def __init__(self, cfg, real: data.RealSplit):
+        self.cfg, self.d0 = cfg, real.d0()[0]
+        self.featurize = features.for_config(cfg, cfg.loop.feature_space)
+        self.scorer = features.for_config(cfg, features.score_space(cfg))
+        size = cfg.score.eval_n or cfg.data.n * cfg.loop.pool_factor
+        size = min(size, cfg.score.fd_n or size)
+        parts = real.held_out(reference=size, floor=size,
+                              mirror=max(cfg.data.n, cfg.score.eval_n))
+        if len(parts['reference']) < 2:
+            self.reference = dict(images=self.d0, name='D_0 (no held-out real images left)')
+        else:
+            self.reference = dict(images=real.images[parts['reference']],
+                                  name=f'held-out real, n={len(parts["reference"])}')
+        self.floor_images = real.images[parts['floor']] if len(parts['floor']) == len(
+            parts['reference']) else None
+        self.heldout_real = real.images[parts['mirror']]
+        self._cache = {}  # per-run constants: reference features, FD floor, copy threshold
+
+    def _once(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def record(self, g, d_g, pool, sample, draws):
+        """(generation g's record, each pool image's nearest D_g index). Pixels (entropy: nats,
+        0-255; GS, variance: [-1, 1]): D_g's entropy, S_g's GS, gs_ratio, memorization (ratio
+        test and calibrated), effective dimension and intensity; relative copying against H_g
+        (`heldout`, from `draws`: {'S<i>': E_i} of generation g - 1's sources, None at g = 0);
+        in the selection's feature space: entropy and GS; in the score space: FD (beside its
+        floor) and precision/recall of `sample` (E_g, or S_g if None), and recognizable."""
+        cfg, fz = self.cfg, self.featurize
+        px, nn_idx = measure.pixel_measures(d_g.images, pool, cfg.score.k, cfg.score.mem_ratio,
+                                            copy_threshold=self.copy_threshold(),
+                                            return_nearest=True)
+        rec = dict(
+            generation=g, paradigm=cfg.loop.paradigm, selection=cfg.loop.selection,
+            feature_space=fz.name, fd_space=self.scorer.name,
+            units=f'entropy: nats, pixels in [0, 255]; gs/variance: pixels in [-1, 1]; '
+                  f'mean_intensity, copy_threshold: 0-255; *_feat: {fz.name} features; fd, '
+                  f'precision, recall: {self.scorer.name} features',
+            n_train=int(len(d_g.images)), n_pool=int(len(pool)), **px,
+            pool_variance=pixel_variance(pool), train_variance=pixel_variance(d_g.images),
+            real_share=float(np.mean(d_g.source < 0)),
+            how_built={k: v for k, v in d_g.info.items() if k != 'select_s'},
+            select_s=d_g.info.get('select_s'),
+            sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
+                         variance=cfg.sample.variance, guidance=cfg.sample.guidance))
+        rec.update(copying(pool, d_g.images, *self.heldout(g, draws)))
+        rec.update(self.fidelity((pool if sample is None else sample)[:cfg.score.fd_n or None]))
+        rec.update(measure.space_measures(fz(d_g.images), fz(pool), cfg.score.k))
+        return rec, nn_idx
+
+    def heldout(self, g, draws):
+        """(H_g, what it is): held-out real images at generation 0; later D_g's construction
+        repeated on independent draws (selection.heldout_set)."""
+        cfg = self.cfg
+        if g == 0:
+            return self.heldout_real, 'held-out real'
+        if not cfg.score.eval_n:
+            return None, 'none (score.eval_n = 0)'
+        return selection.heldout_set(cfg.loop, g - 1, cfg.data.n, draws, self.heldout_real,
+                                     rng=streams.numpy_rng(cfg.seed, 'mirror', g - 1),
+                                     featurize=self.featurize,
+                                     fresh_n=selection.fresh_per_generation(cfg))
+
+    def fidelity(self, sample) -> dict:
+        """FD and precision/recall of `sample` against the held-out reference, the FD between two
+        real sets of the same size (its noise floor), and the share of samples (and of real
+        digits) the digits classifier labels with p >= 0.9."""
+        sc, cfg = self.scorer, self.cfg
+        ref = self._once('reference_feats', lambda: sc(self.reference['images']))
+        out = measure.fd_measures(sc(sample), ref, cfg.score.pr_k)
+        out.update(fd_reference=self.reference['name'], feature_info={
+            self.featurize.name: self.featurize.info, sc.name: sc.info},
+            fd_sample='evaluation sample E_g' if cfg.score.eval_n else 'pool S_g',
+            fd_floor=self._once('fd_floor', lambda: None if self.floor_images is None else
+                                scoring.frechet_distance(sc(self.floor_images), ref)))
+        if cfg.data.channels == 1:
+            out['recognizable'] = features.recognizable(sample, cfg.features)
+            out['recognizable_real'] = self._once('recognizable_real', lambda: (
+                features.recognizable(self.reference['images'], cfg.features)))
+        return out
+
+    def copy_threshold(self):
+        """memorization_calibrated's distance (0-255 L2), from real images, once per run."""
+        return self._once('copy_threshold', lambda: measure.copy_threshold(
+            self.d0, self.heldout_real, self.cfg.score.mem_ratio)
+            if len(self.heldout_real) else None)
