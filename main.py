@@ -97,7 +97,7 @@ def main(argv):
         dispatch()
     except Stopped as e:  # preempted: a checkpoint is saved; exit cleanly
         pylogging.getLogger('collapse_jax').warning('%s', e)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
         logging.debug('error', exc_info=True)
         sys.exit(f'error: {e}')
 

@@ -147,7 +147,7 @@ def draw(cfg, workdir):
     os.makedirs(out_dir, exist_ok=True)
     panels = [('copy_z', 'copy_z (<< 0 copying, ~0 generalizing)', 'RdBu', -20, 20),
               ('copy_auc', 'copy AUC (< 0.5 copying, 0.5 generalizing)', 'RdBu', 0, 1),
-              ('memorization', 'memorized share (d1/d2 < 1/3)', 'Reds', 0, 1),
+              ('memorization', 'memorized share (d1/d2 < mem_ratio)', 'Reds', 0, 1),
               ('memorization_calibrated', 'memorized share (calibrated d1)', 'Reds', 0, 1),
               ('recognizable', 'recognizable share (p >= 0.9)', 'Greens', 0, 1)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))

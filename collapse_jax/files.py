@@ -39,11 +39,21 @@ def save_jsonl(path, records):
                                                  for r in records).encode()))
 
 
+def append_jsonl(path, record):
+    """One record appended as one line in one write (a log that grows: rewriting it per line
+    costs its length squared). A kill mid-write leaves at most a last line without its newline,
+    which read_jsonl drops."""
+    with open(path, 'a') as f:
+        f.write(json.dumps(record, sort_keys=True) + '\n')
+
+
 def read_jsonl(path):
+    """The records of a JSON-lines file; a last line cut short by a kill (no newline) is
+    dropped."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [json.loads(line) for line in f if line.endswith('\n') and line.strip()]
 
 
 def read_json(path):

@@ -110,9 +110,11 @@ class Judge:
             fd_floor=self._once('fd_floor', lambda: None if self.floor_images is None else
                                 scoring.frechet_distance(sc(self.floor_images), ref)))
         if cfg.data.channels == 1:
-            out['recognizable'] = features.recognizable(sample, cfg.features)
+            out['recognizable'] = features.recognizable(sample, cfg.features,
+                                                        cfg.features.batch_size)
             out['recognizable_real'] = self._once('recognizable_real', lambda: (
-                features.recognizable(self.reference['images'], cfg.features)))
+                features.recognizable(self.reference['images'], cfg.features,
+                                      cfg.features.batch_size)))
         return out
 
     def copy_threshold(self):

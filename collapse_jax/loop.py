@@ -250,8 +250,8 @@ class Run:
         return after
 
     def _on_log(self, g):
-        """Generation g's progress lines -> train_log.jsonl (rewritten atomically; a resumed
-        generation replaces its rows from the resume step on) and TensorBoard: one event run per
+        """Generation g's progress lines -> train_log.jsonl (appended; a resumed generation
+        first drops its rows from the resume step on, in one atomic rewrite) and TensorBoard: one event run per
         generation (<run>/tb/gen_XXX), so that `tensorboard --logdir <workdir>` overlays every
         generation of every variant."""
         if not self.writer:
@@ -261,12 +261,13 @@ class Run:
 
         def on_log(step, metrics):
             if not state:
-                state['rows'] = [r for r in files.read_jsonl(self.dir.train_log)
-                                 if r['generation'] != g or r['step'] < step]
+                rows = files.read_jsonl(self.dir.train_log)
+                keep = [r for r in rows if r['generation'] != g or r['step'] < step]
+                if keep != rows or not os.path.exists(self.dir.train_log):
+                    files.save_jsonl(self.dir.train_log, keep)
                 state['tb'] = SummaryWriter(os.path.join(self.dir.tensorboard, f'gen_{g:03d}'),
                                             flush_secs=10)
-            state['rows'].append(dict(generation=g, step=step, **metrics))
-            files.save_jsonl(self.dir.train_log, state['rows'])
+            files.append_jsonl(self.dir.train_log, dict(generation=g, step=step, **metrics))
             for k, v in metrics.items():
                 state['tb'].add_scalar(f'train/{k}', v, step)
             state['tb'].flush()

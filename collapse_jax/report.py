@@ -22,7 +22,7 @@ from collapse_jax import data, files, layout  # noqa: E402
 CURVES = [('train_entropy', 'training-set entropy (nats, pixels 0-255, paper form)'),
           ('gs_l2', 'GS: L2 to nearest training image (pixels in [-1, 1])'),
           ('gs_ratio', 'GS / training set\'s own nearest spacing'),
-          ('memorization', 'memorized share (d1/d2 < 1/3)'),
+          ('memorization', 'memorized share (ratio test d1/d2 < score.mem_ratio)'),
           ('memorization_calibrated', 'memorized share (d1 < calibrated distance)'),
           ('copy_z', 'data-copying Z (<< 0 copying, ~0 generalizing; size-dependent)'),
           ('copy_auc', 'copy AUC against fresh draws (0.5 null, < 0.5 copying)'),

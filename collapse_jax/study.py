@@ -31,21 +31,25 @@ KEYS = ('train_entropy', 'train_entropy_dedup', 'gs_mse', 'gs_l2', 'gs_ratio', '
         'copy_heldout_n', 'copy_heldout_median')
 
 
-def _ints(text):
-    return [int(v) for v in str(text).split(',')]
+def _ints(text, field='study.ns'):
+    """A comma-separated list of ints, or one line that names the field."""
+    try:
+        return [int(v) for v in str(text).split(',')]
+    except ValueError:
+        raise ValueError(f'{field}={text!r}; allowed: comma-separated integers') from None
 
 
 def sweep_of(cfg, seed) -> str:
     """The variants run at `seed`: study.variants at the first seed; study.seed_variants (if
     set, a subset that keeps the budget) at the others."""
-    first = _ints(cfg.study.seeds)[0]
+    first = _ints(cfg.study.seeds, 'study.seeds')[0]
     extra = cfg.study.get('seed_variants', '')
     return cfg.study.variants if seed == first or not extra else extra
 
 
 def runs_of(cfg):
     """[(n, seed)]: every N with the first seed, and every seed at the headline N."""
-    ns, seeds = _ints(cfg.study.ns), _ints(cfg.study.seeds)
+    ns, seeds = _ints(cfg.study.ns), _ints(cfg.study.seeds, 'study.seeds')
     out = [(n, seeds[0]) for n in ns]
     out += [(cfg.study.headline_n, s) for s in seeds[1:]]
     return out
@@ -343,7 +347,8 @@ def draw(cfg, workdir):
         raise FileNotFoundError(f'{workdir}: no finished study runs to draw')
     out_dir = os.path.join(workdir, 'figures')
     os.makedirs(out_dir, exist_ok=True)
-    ns, hn, seed0 = sorted({k[0] for k in runs}), cfg.study.headline_n, _ints(cfg.study.seeds)[0]
+    ns, hn = sorted({k[0] for k in runs}), cfg.study.headline_n
+    seed0 = _ints(cfg.study.seeds, 'study.seeds')[0]
     variants = variants_of(cfg)
     base, groups = baseline_of(variants), groups_of(variants)
     space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')

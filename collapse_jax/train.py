@@ -195,7 +195,7 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
     gen_key = streams.jax_key(cfg.seed, 'train', generation)
     labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)
     b = cfg.train.batch_size
-    losses, t0, t_log, info = [], time.time(), time.time(), dict(stopped=False)
+    t0, t_log, info = time.time(), time.time(), dict(stopped=False)
     last_line = start  # step of the last progress line
     try:
         for step in range(start, steps):
@@ -213,7 +213,6 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
                     f'generation {generation}: non-finite loss {lv} at step {done}; the last '
                     f'good checkpoint is in {ckpt_dir}; rerun with a lower --config.train.lr '
                     'to resume from it')
-            losses.append((done, lv))
             if done % cfg.train.log_every == 0 or done == steps:
                 now = time.time()
                 rate = (done - last_line) / max(now - t_log, 1e-9)  # steps/s since the last line
@@ -237,6 +236,5 @@ def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_d
     finally:  # an exception must not leave an async save half done
         mngr.wait_until_finished()
         mngr.close()
-    info.update(steps=steps, losses=losses, seconds=time.time() - t0,
-                final_loss=float(state['loss']))
+    info.update(steps=steps, final_loss=float(state['loss']))
     return state, info

@@ -84,7 +84,6 @@ class Level(nnx.Module):
         self.resnets = nnx.List([ResnetBlock2D(c, cout, temb, groups, rngs, dtype) for c in cins])
         self.attentions = nnx.List(
             [Attention(cout, groups, rngs, dtype=dtype) for _ in cins] if attn else [])
-        self.resample = resample
         # down: stride-2 conv (diffusers `downsamplers`); up: nearest x2 then conv (`upsamplers`).
         self.sampler = (_conv(cout, cout, rngs, stride=2 if resample == 'down' else 1, dtype=dtype)
                         if resample else None)

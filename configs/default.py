@@ -1,4 +1,5 @@
-"""Every field of a collapse_jax run, with the paper's reference values (DESIGN §2, §5).
+"""Every field of a collapse_jax run, with the paper's reference values (arXiv 2509.16499 and its
+reference code; README, "Configs").
 
 Experiment files import this and change a handful of fields. The config is locked, so a
 misspelled override (`--config.loop.selction=greedy`) is an error.
@@ -70,7 +71,8 @@ def get_config():
     l.fresh_fraction = 0.1          # paradigm 'fresh': share of new real images per generation
     l.feature_space = 'pixel'       # selection's space: pixel | digits | inception | dinov2
     l.tau = 0.0                     # threshold tau0; 0 = 2000 (pixels 0-255) or 60 (features)
-    l.decay = 0.0                   # threshold alpha; 0 = 0.95 (replace) or 0.80 (accumulate)
+    l.decay = 0.0                   # threshold alpha; 0 = 0.95, or 0.80 for accumulate in a
+                                    # feature space (the reference code's choice)
 
     c.score = sc = ml_collections.ConfigDict()
     sc.k = 1                        # k of the Kozachenko-Leonenko entropy

@@ -164,7 +164,8 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
             crash_once(m, train_lib, 'batch_indices',
                        lambda n, b, step, seed, g: (g, step) == (1, 5))
         elif where == 'sample':
-            crash_once(m, loop, 'sample_pool', lambda *a: a[4] == 1)
+            crash_once(m, loop, 'sample_pool',
+                       lambda cfg, engine, params, count, generation, *_: generation == 1)
         elif where == 'score':
             crash_once(m, loop.Run, 'score', lambda self, g, *a: g == 1)
         elif where == 'select':
@@ -270,12 +271,16 @@ def test_train_steps_are_keyed_on_every_setting_they_compile(tmp_path, engine):
     for i, fields in enumerate([{}, {'lr': 1e-3}, {'ema': True}, {'log_every': 2}]):
         cfg = tiny()
         cfg.train.update(steps=2, **fields)
+        params = train_lib.init_params(cfg)
+        init = jax.tree.map(np.array, params)  # a host copy: the step may donate the buffers
         state, _ = train_lib.train_generation(
             cfg, images, None, generation=0, ckpt_dir=str(tmp_path / str(i)), mesh=engine.mesh,
-            graphdef=engine.graphdef, params=train_lib.init_params(cfg), compiled=compiled)
+            graphdef=engine.graphdef, params=params, compiled=compiled)
         seen.append(len(compiled))
-        if fields.get('ema'):
-            assert state['ema'], 'the EMA step ran'
+        if fields.get('ema'):  # two EMA updates moved the average off the initial weights
+            moved = [not np.array_equal(a, b) for a, b in
+                     zip(jax.tree.leaves(state['ema']), jax.tree.leaves(init))]
+            assert int(state['ema_count']) == 2 and any(moved), 'the EMA step ran'
     assert seen == [1, 2, 3, 3]  # log_every is not compiled in; lr and ema are
 
 

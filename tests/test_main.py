@@ -81,7 +81,7 @@ def test_score_mode_one_line_errors_and_a_real_score(tmp_path):
 
 @pytest.mark.slow
 def test_compare_mode_draws_several_runs(tmp_path):
-    from test_report import fake_run
+    from helpers import fake_run
     for p, s in [('replace', 'none'), ('accumulate', 'greedy')]:
         fake_run(str(tmp_path / f'{p}_{s}'), p, s, 0)
     runs = f'{tmp_path}/replace_none,{tmp_path}/accumulate_greedy'

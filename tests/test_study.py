@@ -118,3 +118,10 @@ def test_cost_counts_every_training_and_sampler_call_by_hand():
     cfg.study.seed_variants = 'replace:none'  # seed 1 runs one variant: 1 + 2 gens, not 1 + 2 x 2
     cfg.model.num_classes = 0
     assert study.cost(cfg)['unet_evals'] == evals - 5 * 2 * (2 * 16 + 32)
+
+
+def test_a_bad_study_list_names_its_field(tmp_path):
+    with pytest.raises(ValueError, match=r"study.ns='64,abc'; allowed: comma-separated integers"):
+        study.plan(toy(ns='64,abc'), str(tmp_path))
+    with pytest.raises(ValueError, match=r"study.seeds='x'; allowed"):
+        study.plan(toy(seeds='x'), str(tmp_path))
