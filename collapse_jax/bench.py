@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import jax
@@ -29,11 +30,11 @@ SIZES = {  # full: the issue's sizes; quick: a few minutes on a 2-core CPU
     'full': dict(knn_n=16384, greedy_n=16384, greedy_m=8192, d=3072, roofline=4096,
                  sampler=[('UNet48', 1000, 16), ('UNet48', 100, 16), ('small', 1000, 16),
                           ('small', 100, 16)], train=[('UNet48', 128), ('small', 128)],
-                 peer_picks=256),
+                 peer_picks=256, threshold_n=8192, threshold_d=256),
     'quick': dict(knn_n=4096, greedy_n=4096, greedy_m=2048, d=3072, roofline=2048,
                   sampler=[('small', 100, 8), ('UNet48', 20, 4)],
                   train=[('small', 32), ('UNet48', 8)],
-                  peer_picks=128),
+                  peer_picks=128, threshold_n=1000, threshold_d=256),
 }
 
 
@@ -172,6 +173,49 @@ def bench_greedy(rows, n, m, d, peer_picks):
            compile_s=max(first - s, 0.0))
 
 
+@partial(jax.jit, static_argnames=('n',))
+def threshold_per_visit(x, order, n, tau, decay):
+    """The threshold rule as it was before the lazy updates (selection._threshold): every visit,
+    accepted or not, computes the visited candidate's distance to all m candidates (jnp.where
+    evaluates both branches). Kept here as the benchmark's baseline."""
+    m = x.shape[0]
+
+    def body(s):
+        c = order[s['pos']]
+        accept = (~s['taken'][c]) & (s['min_d'][c] > s['tau'] ** 2)
+        min_d = jnp.where(accept, jnp.minimum(s['min_d'], jnp.sum((x - x[c][None]) ** 2, 1)),
+                          s['min_d'])
+        s = dict(s, min_d=min_d, taken=s['taken'].at[c].set(s['taken'][c] | accept),
+                 picks=jnp.where(accept, s['picks'].at[s['count']].set(c), s['picks']),
+                 count=s['count'] + accept.astype(jnp.int32))
+        end = s['pos'] == m - 1
+        return dict(s, pos=jnp.where(end, 0, s['pos'] + 1),
+                    tau=jnp.where(end, s['tau'] * decay, s['tau']))
+
+    s = dict(min_d=jnp.full((m,), jnp.inf), taken=jnp.zeros((m,), bool),
+             picks=jnp.zeros((n,), jnp.int32), count=jnp.int32(0), pos=jnp.int32(0),
+             tau=jnp.float32(tau))
+    return jax.lax.while_loop(lambda s: s['count'] < n, body, s)['picks']
+
+
+def bench_threshold(rows, n, d, factor=5, tau=2000.0, decay=0.95):
+    """The threshold rule at a factor x N pool of uint8 pixels (tau0 = 2000, the reference's
+    pixel value): lazy updates against the per-visit baseline, same picks."""
+    x = np.random.default_rng(2).integers(0, 256, (factor * n, d), dtype=np.uint8)
+    t0 = time.perf_counter()
+    ours, info = selection.threshold_select(x, n, tau, decay, seed=0, return_info=True)
+    first = time.perf_counter() - t0
+    s = best_time(lambda: selection.threshold_select(x, n, tau, decay, seed=0), 2)
+    order = jnp.asarray(np.random.default_rng(0).permutation(len(x)), jnp.int32)
+    xf = jnp.asarray(x, jnp.float32)
+    old = np.asarray(threshold_per_visit(xf, order, n, tau, decay))  # compile
+    ps = best_time(lambda: np.asarray(threshold_per_visit(xf, order, n, tau, decay)), 1)
+    record(rows, f'threshold select {n} of {factor * n} d={d}', s, 's', ps,
+           'the per-visit rule (before)', higher_is_better=False, passes=info['passes'],
+           picks_compared=n, picks_identical=int(np.sum(old == ours)),
+           compile_s=max(first - s, 0.0))
+
+
 # ----------------------------------------------------------------------------- UNet peers
 
 def diffusers_unet(preset, channels=3):
@@ -306,15 +350,16 @@ def project_study(rows, config='study_cifar10'):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='CPU-sized problems (a few minutes)')
-    ap.add_argument('--only', default='roofline,knn,greedy,sampler,train',
-                    help='comma-separated subset of: roofline, knn, greedy, sampler, train')
+    ap.add_argument('--only', default='roofline,knn,greedy,threshold,sampler,train',
+                    help='comma-separated subset of: roofline, knn, greedy, threshold, sampler, '
+                         'train')
     ap.add_argument('--out', default='bench.jsonl', help='one JSON object per measurement')
     args = ap.parse_args(argv)
     parts = args.only.split(',')
-    bad = sorted(set(parts) - {'roofline', 'knn', 'greedy', 'sampler', 'train'})
+    bad = sorted(set(parts) - {'roofline', 'knn', 'greedy', 'threshold', 'sampler', 'train'})
     if bad:
         sys.exit(f'error: --only={args.only!r}: unknown {bad}; allowed: roofline, knn, greedy, '
-                 'sampler, train')
+                 'threshold, sampler, train')
     z = SIZES['quick' if args.quick else 'full']
     if have('torch'):
         import torch
@@ -330,6 +375,8 @@ def main(argv=None):
         bench_knn(rows, z['knn_n'], z['d'], rates.get('float32'))
     if 'greedy' in parts:
         bench_greedy(rows, z['greedy_n'], z['greedy_m'], z['d'], z['peer_picks'])
+    if 'threshold' in parts:
+        bench_threshold(rows, z['threshold_n'], z['threshold_d'])
     if 'sampler' in parts:
         for preset, steps, batch in z['sampler']:
             bench_sampler(rows, preset, steps, batch, peak)

@@ -22,10 +22,6 @@ SELECTIONS = ('none', 'random', 'greedy', 'threshold')
 PARADIGMS = ('replace', 'accumulate', 'accumulate_subsample', 'fresh')
 
 
-def _sqdist_to(x, c):
-    return jnp.sum((x - c[None]) ** 2, axis=1)
-
-
 @partial(jax.jit, static_argnames=('n', 'block', 'top'))
 def _greedy(x, n, first, block: int = 32, top: int = 32):
     """Farthest-point traversal with lazy updates. The exact rule needs each pick's distance to
@@ -79,40 +75,66 @@ def _greedy(x, n, first, block: int = 32, top: int = 32):
     return jax.lax.fori_loop(1, n, body, s)['picks']
 
 
+def _exact_dtype():
+    """float64 makes integer pixels' distances exact (float32 rounds sums above 2^24); TPUs only
+    emulate it, slowly, so they use float32."""
+    return jnp.float32 if jax.default_backend() == 'tpu' else jnp.float64
+
+
 def greedy_select(features, n: int, first: int = 0) -> np.ndarray:
     """Farthest-point selection: start at `first`, then repeatedly add the candidate farthest from
     its nearest chosen one. Returns the n indices in the order chosen (ties: lowest index)."""
     x = np.asarray(features).reshape(len(features), -1)
     if not 1 <= n <= x.shape[0]:
         raise ValueError(f'greedy_select: n={n}; allowed 1..{x.shape[0]}')
-    # float64 makes integer pixels exact; TPUs only emulate it, slowly, so they use float32
-    dtype = jnp.float32 if jax.default_backend() == 'tpu' else jnp.float64
+    dtype = _exact_dtype()
     with jax.enable_x64(dtype == jnp.float64):
         return np.asarray(_greedy(jnp.asarray(x, dtype), n, jnp.int32(first)))
 
 
-@partial(jax.jit, static_argnames=('n',))
-def _threshold(x, order, n, tau, decay):
+@partial(jax.jit, static_argnames=('n', 'block'))
+def _threshold(x, order, n, tau, decay, block: int = 32):
+    """The threshold-decay filter with lazy updates. A visit needs the candidate's distance to
+    the accepted set. Every candidate keeps `min_d`, its squared distance to the accepted set as
+    of the last flush; the newest accepted wait in `pend` (at most `block`), and a visit adds
+    its direct distance to those. When `block` are pending, one matrix product (compute-bound)
+    brings every min_d up to date. So a visit costs `block` x d, not a pass over all m
+    candidates, and a rejected candidate costs no pass at all. x: float64 [m, d] (under
+    enable_x64), where integer pixels give exact distances."""
     m = x.shape[0]
-    state = dict(min_d=jnp.full((m,), jnp.inf), taken=jnp.zeros((m,), bool),
-                 picks=jnp.zeros((n,), jnp.int32), count=jnp.int32(0), pos=jnp.int32(0),
-                 tau=jnp.float32(tau), passes=jnp.int32(0))
+    sq = jnp.sum(x * x, axis=1)
+    live = jnp.arange(block)
+
+    def flush(s):
+        d = sq[:, None] + s['pend_sq'][None] - 2.0 * jnp.matmul(x, s['pend'].T, precision=HIGHEST)
+        d = jnp.where(live[None] < s['np'], jnp.maximum(d, 0.0), jnp.inf)
+        return dict(s, min_d=jnp.minimum(s['min_d'], d.min(1)), np=jnp.int32(0))
 
     def cond(s):
         return s['count'] < n
 
     def body(s):
         c = order[s['pos']]
-        accept = (~s['taken'][c]) & (s['min_d'][c] > s['tau'] ** 2)
-        min_d = jnp.where(accept, jnp.minimum(s['min_d'], _sqdist_to(x, x[c])), s['min_d'])
-        s = dict(s, min_d=min_d, taken=s['taken'].at[c].set(s['taken'][c] | accept),
-                 picks=jnp.where(accept, s['picks'].at[s['count']].set(c), s['picks']),
+        to_pend = jnp.where(live < s['np'], jnp.sum((s['pend'] - x[c][None]) ** 2, 1), jnp.inf)
+        accept = (~s['taken'][c]) & (jnp.minimum(s['min_d'][c], to_pend.min()) > s['tau'] ** 2)
+        k = jnp.where(accept, s['np'], block)  # out of range: the scatter drops it
+        s = dict(s, taken=s['taken'].at[c].set(s['taken'][c] | accept),
+                 picks=s['picks'].at[jnp.where(accept, s['count'], n)].set(c, mode='drop'),
+                 pend=s['pend'].at[k].set(x[c], mode='drop'),
+                 pend_sq=s['pend_sq'].at[k].set(sq[c], mode='drop'),
+                 np=s['np'] + accept.astype(jnp.int32),
                  count=s['count'] + accept.astype(jnp.int32))
+        s = jax.lax.cond(s['np'] == block, flush, lambda s: s, s)
         end_of_pass = s['pos'] == m - 1  # a whole pass without reaching n: lower the threshold
         return dict(s, pos=jnp.where(end_of_pass, 0, s['pos'] + 1),
                     tau=jnp.where(end_of_pass, s['tau'] * decay, s['tau']),
                     passes=s['passes'] + end_of_pass.astype(jnp.int32))
 
+    state = dict(min_d=jnp.full((m,), jnp.inf, x.dtype), taken=jnp.zeros((m,), bool),
+                 picks=jnp.zeros((n,), jnp.int32), count=jnp.int32(0), pos=jnp.int32(0),
+                 tau=jnp.asarray(tau, x.dtype), passes=jnp.int32(0),
+                 pend=jnp.zeros((block, x.shape[1]), x.dtype), pend_sq=jnp.zeros((block,), x.dtype),
+                 np=jnp.int32(0))
     s = jax.lax.while_loop(cond, body, state)
     return s['picks'], s['tau'], s['passes']
 
@@ -123,19 +145,21 @@ def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
     distance to every accepted one exceeds tau; after each pass that leaves fewer than n accepted,
     tau <- decay * tau and the next pass continues (accepted points stay accepted: they are still
     farther apart than the smaller tau). Returns the accepted indices in acceptance order."""
-    x = jnp.asarray(np.asarray(features).reshape(len(features), -1), jnp.float32)
+    x = np.asarray(features).reshape(len(features), -1)
     if not 1 <= n <= x.shape[0]:
         raise ValueError(f'threshold_select: n={n}; allowed 1..{x.shape[0]}')
     if not (tau > 0 and 0 < decay < 1):
         raise ValueError(f'threshold_select: tau={tau}, decay={decay}; need tau > 0, 0 < decay < 1')
-    distinct = len(unique_rows(np.asarray(x)))
+    distinct = len(unique_rows(x))
     if distinct < n:  # copies are never farther apart than any tau: the filter would never end
         raise ValueError(f'threshold_select: {distinct} distinct candidates of {x.shape[0]} '
                          f'cannot yield {n} images farther apart than any tau')
     order = jnp.asarray(np.random.default_rng(seed).permutation(x.shape[0]), jnp.int32)
-    picks, final_tau, passes = _threshold(x, order, n, tau, decay)
-    picks = np.asarray(picks)
-    return (picks, dict(final_tau=float(final_tau), passes=int(passes) + 1)) if return_info \
+    dtype = _exact_dtype()
+    with jax.enable_x64(dtype == jnp.float64):
+        picks, final_tau, passes = _threshold(jnp.asarray(x, dtype), order, n, tau, decay)
+        picks, final_tau, passes = np.asarray(picks), float(final_tau), int(passes)
+    return (picks, dict(final_tau=final_tau, passes=passes + 1)) if return_info \
         else picks
 
 

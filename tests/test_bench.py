@@ -11,9 +11,10 @@ from collapse_jax import bench, greedy_select
 @pytest.mark.slow
 def test_bench_writes_a_record_per_measurement(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.SIZES, 'quick', dict(bench.SIZES['quick'], knn_n=300, greedy_n=200,
-                                                   greedy_m=60, d=48, roofline=256, peer_picks=60))
+                                                   greedy_m=60, d=48, roofline=256, peer_picks=60,
+                                                   threshold_n=60, threshold_d=16))
     out = tmp_path / 'bench.jsonl'
-    rows = bench.main(['--quick', '--only=roofline,knn,greedy', f'--out={out}'])
+    rows = bench.main(['--quick', '--only=roofline,knn,greedy,threshold', f'--out={out}'])
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert lines == json.loads(json.dumps(rows)) and len(lines) >= 3
     assert all({'name', 'value', 'unit'} <= set(r) for r in lines)
@@ -27,6 +28,9 @@ def test_bench_writes_a_record_per_measurement(tmp_path, monkeypatch):
     assert knn and all(r['entropy'] == pytest.approx(knn_entropy(x), rel=1e-9) for r in knn)
     greedy = [r for r in lines if r['name'].startswith('greedy')][0]
     assert greedy['name'] == 'greedy select 60 of 200 d=48' and greedy['unit'] == 's'
+    thr = [r for r in lines if r['name'].startswith('threshold')][0]  # the lazy rule, same picks
+    assert thr['name'] == 'threshold select 60 of 300 d=16' and thr['passes'] > 1
+    assert thr['picks_identical'] == thr['picks_compared'] == 60
     roof = [r for r in lines if r['name'].startswith('matmul')]
     assert roof and all(r['value'] > 0 and r['unit'] == 'GFLOP/s' for r in roof)
     assert all(r['value'] > 0 and r.get('compile_s', 0) >= 0 for r in lines)

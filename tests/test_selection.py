@@ -47,6 +47,24 @@ def test_threshold_decay_matches_naive_rule():
     assert d.min() > info['final_tau'] and len(set(picks)) == 150
 
 
+@pytest.mark.parametrize('case', ['pixels', 'duplicates', 'few_distinct'])
+def test_lazy_threshold_picks_what_the_plain_rule_picks(case):
+    # uint8 pixels: integer distances, exact ties with tau possible; more than one flush of the
+    # 32 pending picks; several decay steps
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (240, 16), dtype=np.uint8)
+    n, tau = 100, 700.0
+    if case == 'duplicates':
+        x[120:] = x[:120]  # every image twice
+    if case == 'few_distinct':
+        x = x[rng.integers(0, 12, 240)]  # 12 distinct images, many copies
+        n = 12
+    picks, info = threshold_select(x, n, tau=tau, decay=0.9, seed=4, return_info=True)
+    ref, ref_tau = naive_threshold(x, n, tau, 0.9, np.random.default_rng(4).permutation(240))
+    np.testing.assert_array_equal(picks, ref)
+    assert info['passes'] > 1 and info['final_tau'] == pytest.approx(ref_tau, rel=1e-12)
+
+
 def test_greedy_raises_entropy_over_random():
     from collapse_jax import knn_entropy
     x = np.random.default_rng(2).normal(size=(400, 3))
