@@ -26,8 +26,9 @@ from collapse_jax.data import need
 
 log = logging.getLogger('collapse_jax')
 
-KEYS = ('memorization', 'memorization_calibrated', 'copy_z', 'copy_auc', 'copy_share_q05', 'gs_ratio', 'fd', 'fd_floor',
-        'recognizable', 'recognizable_real', 'participation_ratio', 'mean_intensity')
+KEYS = ('memorization', 'memorization_calibrated', 'copy_z', 'copy_auc', 'copy_share_q05',
+        'gs_ratio', 'fd', 'fd_floor', 'recognizable', 'recognizable_real', 'participation_ratio',
+        'mean_intensity')
 
 
 def _ints(text):

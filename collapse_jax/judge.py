@@ -20,10 +20,8 @@ def copying(sample, train, held, what) -> dict:
     held-out set `held` (described by `what`); copy_z None when there is none."""
     if held is None or len(held) < 2:
         return dict(copy_z=None, copy_heldout=what or 'none (no held-out images left)')
-    t = features.pixel(train)
-    out = scoring.copy_statistics(scoring.nearest_train(features.pixel(sample), t)[1],
-                                  scoring.nearest_train(features.pixel(held), t)[1])
-    return dict(out, copy_heldout=what, copy_heldout_n=int(len(held)))
+    return dict(scoring.relative_copying(sample, train, held), copy_heldout=what,
+                copy_heldout_n=int(len(held)))
 
 
 class Judge:

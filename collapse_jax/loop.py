@@ -19,7 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from collapse_jax import (data, diffusion, features, files, layout, measure, parallel, report,
-                          scoring, selection, streams)
+                          selection, streams)
 from collapse_jax import judge as judge_lib
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
@@ -251,9 +251,9 @@ class Run:
 
     def _on_log(self, g):
         """Generation g's progress lines -> train_log.jsonl (appended; a resumed generation
-        first drops its rows from the resume step on, in one atomic rewrite) and TensorBoard: one event run per
-        generation (<run>/tb/gen_XXX), so that `tensorboard --logdir <workdir>` overlays every
-        generation of every variant."""
+        first drops its rows from the resume step on, in one atomic rewrite) and TensorBoard: one
+        event run per generation (<run>/tb/gen_XXX), so that `tensorboard --logdir <workdir>`
+        overlays every generation of every variant."""
         if not self.writer:
             return None
         from tensorboardX import SummaryWriter

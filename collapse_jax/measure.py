@@ -104,9 +104,7 @@ def score_files(generated, train, reference='', feature_space='pixel', weights='
                      f'precision, recall: {f.name} features', feature_info=f.info)
     rec.update(pixel_measures(tr, gen, k))
     if reference:  # held-out images of the training set's distribution: relative copying
-        t = features.pixel(tr)
-        rec.update(scoring.copy_statistics(scoring.nearest_train(features.pixel(gen), t)[1],
-                                           scoring.nearest_train(features.pixel(ref), t)[1]),
+        rec.update(scoring.relative_copying(gen, tr, ref),
                    copy_heldout=f'--reference, n={len(ref)}')
     f_gen = f(gen)
     rec.update(fd_measures(f_gen, f(ref), pr_k), **space_measures(f(tr), f_gen, k))

@@ -269,9 +269,15 @@ def data_copying_z(generated, train, heldout) -> float:
     held-out set drawn from the training set's own distribution. Z << 0: the samples sit closer
     to their training set than fresh draws do (copying); Z ~ 0: as close as fresh draws
     (generalizing); Z >> 0: farther (underfit). Any units; rows are samples."""
+    return relative_copying(generated, train, heldout)['copy_z']
+
+
+def relative_copying(generated, train, heldout) -> dict:
+    """copy_statistics of the generated samples' and the held-out images' nearest-training
+    distances (rows are samples, any units)."""
     t = _flat(train)
     return copy_statistics(nearest_train(_flat(generated), t)[1],
-                           nearest_train(_flat(heldout), t)[1])['copy_z']
+                           nearest_train(_flat(heldout), t)[1])
 
 
 def copy_statistics(d_gen, d_held) -> dict:
@@ -294,8 +300,8 @@ def copy_statistics(d_gen, d_held) -> dict:
     var = m * n / 12.0 * ((m + n + 1) - np.sum(counts ** 3 - counts) / ((m + n) * (m + n - 1)))
     return dict(copy_z=float((u - m * n / 2.0) / np.sqrt(var)) if var > 0 else 0.0,
                 copy_auc=u / (m * n),
-                **{f'copy_share_q{round(100 * q):02d}': float(np.mean(d_gen < np.quantile(d_held, q)))
-                   for q in (0.05, 0.01)},
+                **{f'copy_share_q{round(100 * q):02d}':
+                   float(np.mean(d_gen < np.quantile(d_held, q))) for q in (0.05, 0.01)},
                 copy_heldout_median=float(np.median(d_held)))
 
 

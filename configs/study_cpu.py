@@ -1,4 +1,4 @@
-"""The paper's findings at CPU scale, at the paper's epochs (DESIGN §3):
+"""The paper's findings at CPU scale, at the paper's epochs (docs/RESULTS.md):
 python main.py --mode=study --config=configs/study_cpu.py --workdir=runs/study
 
 The paper trains about 500 epochs a generation. At N = 512 and 2,000 steps of 32 (125 epochs)
@@ -15,10 +15,11 @@ images) and 4 of greedy's or threshold's (256 picked from 512 draws each: 1,024 
 so the 5,000 embedded digits hold D_0, the FD reference and floor, and 2,048 held-out real images
 for generation 0.
 
-Budget (one sitting of about 3 h on 2 cores, one JAX device: cpu_devices aborts or hangs under
-load, DESIGN §10): generation 0 is trained once per seed and shared by the variants, so seeds 0
-and 1 with replace:none and replace:greedy are 2 x (1 + 2 x 4) = 18 trained generations; seed 0's
-replace:threshold adds 4 and runs last (it is cut first if time runs out).
+Budget (one sitting of about 3 h on 2 cores, one JAX device, since cpu_devices aborts or hangs
+under load; README, `cpu_devices`): generation 0 is trained once per seed and shared by the
+variants, so seeds 0 and 1 with replace:none and replace:greedy are 2 x (1 + 2 x 4) = 18
+trained generations; seed 0's replace:threshold adds 4 and runs last (it is cut first if time
+runs out). Measured: 1 h 50 min in all.
 """
 import ml_collections
 

@@ -205,11 +205,11 @@ def test_heldout_set_reads_only_fresh_draws_at_the_training_sets_own_sizes():
 
 @pytest.mark.parametrize('rule', ['greedy', 'threshold'])
 def test_heldout_replicas_are_a_null_for_a_model_of_its_training_law(rule):
-    """Simulation (DESIGN §3): a model that reproduces the law of its training images exactly,
+    """Simulation: a model that reproduces the law of its training images exactly,
     i.e. its samples are independent draws with the law of an image of D_{g+1}, must score the
-    null against H_{g+1}: AUC 0.5, tail share q. The limit: a model that learned the pool's law instead
-    (undoing the selection) scores well below 0.5 with no copying, so the relative measures of
-    greedy and threshold assume the model learns its selected training set's law."""
+    null against H_{g+1}: AUC 0.5, tail share q. The limit: a model that learned the pool's law
+    instead (undoing the selection) scores well below 0.5 with no copying, so the relative
+    measures of greedy and threshold assume the model learns its selected training set's law."""
     from collapse_jax import scoring
     n, d, trials = 32, 32, 12
     lp = loop_section('replace', rule, tau=10.0)
