@@ -32,10 +32,11 @@ FLAGS = flags.FLAGS
 
 def _label(run_dir):
     import json
+    from collapse_jax import layout
     try:
         with open(os.path.join(run_dir, 'config.json')) as f:
             lp = json.load(f)['loop']
-        return f"{lp['paradigm']}/{lp['selection']}"
+        return layout.Variant(lp['paradigm'], lp['selection']).label
     except (OSError, KeyError, ValueError):
         return os.path.basename(os.path.normpath(run_dir))
 
@@ -52,13 +53,13 @@ def dispatch():
         sys.exit(f'error: --workdir={FLAGS.workdir} is a file; give a directory (new or a run to '
                  'resume)')
     if FLAGS.mode == 'compare':
-        from collapse_jax import report
+        from collapse_jax import layout, report
         if len(FLAGS.runs) < 1:
             sys.exit('error: --runs needs one or more run directories, comma-separated')
         labels = [_label(d) for d in FLAGS.runs]
         if len(set(labels)) < len(labels):  # same variant in several dirs: name them by dir
             labels = [f'{lab} ({d})' for lab, d in zip(labels, FLAGS.runs)]
-        print(report.write_compare(FLAGS.workdir, dict(zip(labels, FLAGS.runs))))
+        print(report.write_compare(layout.SweepDir(FLAGS.workdir), dict(zip(labels, FLAGS.runs))))
         return
     from collapse_jax import loop, parallel  # after flag parsing: keeps --help fast
     if not FLAGS['config'].present:
@@ -74,9 +75,6 @@ def dispatch():
     if cfg.distributed:
         parallel.initialize()
     if FLAGS.mode == 'study':
-        if 'study' not in cfg:
-            sys.exit('error: --mode=study needs a config with a study section '
-                     '(configs/study_cpu.py)')
         from collapse_jax import study
         study.run_study(cfg, FLAGS.workdir)
         return

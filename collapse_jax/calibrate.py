@@ -14,108 +14,107 @@ N and step count where generation 0 generalizes while a 4x smaller N copies.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 
 import numpy as np
 
-from collapse_jax import files, judge, loop, measure, report
+from collapse_jax import files, judge, layout, loop, measure, metrics, report
+from collapse_jax import engine as engine_lib
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
 
 log = logging.getLogger('collapse_jax')
 
-KEYS = ('memorization', 'memorization_calibrated', 'copy_z', 'copy_auc', 'copy_share_q05',
-        'gs_ratio', 'fd', 'fd_floor', 'recognizable', 'recognizable_real', 'participation_ratio',
-        'mean_intensity')
+KEYS = metrics.view('calibrate')
 
 
-def _ints(text):
-    return sorted(int(v) for v in str(text).split(','))
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The calibrate section, checked and parsed once: the dataset sizes and step counts."""
+    ns: tuple
+    steps: tuple
 
 
-def check_config(cfg):
+def _ints(c, field):
+    try:
+        vals = sorted(int(v) for v in str(c[field]).split(','))
+    except ValueError:
+        vals = []
+    need(vals and min(vals) > 0, f'calibrate.{field}={c[field]!r}; allowed: positive '
+         'integers, comma-separated')
+    return tuple(vals)
+
+
+def plan_of(cfg) -> Plan:
+    """The checked calibrate section as a Plan; raises ValueError naming the field."""
     need('calibrate' in cfg, '--mode=calibrate needs a config with a calibrate section '
          '(configs/calibrate_cpu.py)')
     c = cfg.calibrate
-    for field in ('ns', 'steps'):
-        try:
-            vals = _ints(c[field])
-        except ValueError:
-            vals = []
-        need(vals and min(vals) > 0, f'calibrate.{field}={c[field]!r}; allowed: positive '
-             'integers, comma-separated')
     need(c.generalize_z > 0, f'calibrate.generalize_z={c.generalize_z}; must be > 0')
     need(0 < c.generalize_mem <= 1, f'calibrate.generalize_mem={c.generalize_mem}; allowed: '
          '0 < x <= 1')
     need(c.copy_z < 0, f'calibrate.copy_z={c.copy_z}; must be < 0')
     need(cfg.score.eval_n >= 2, f'score.eval_n={cfg.score.eval_n}; calibrate needs >= 2 samples')
+    return Plan(_ints(c, 'ns'), _ints(c, 'steps'))
 
 
 def run_calibration(cfg, workdir, engine=None):
     """Measures every (N, steps) cell not yet measured, then draws. Returns the results."""
-    check_config(cfg)
-    ns, steps = _ints(cfg.calibrate.ns), _ints(cfg.calibrate.steps)
+    p = plan_of(cfg)
     subs = []
-    for n in ns:
+    for n in p.ns:
         sub = cfg.copy_and_resolve_references()
         sub.data.n, sub.loop.generations, sub.sweep = n, 1, ''
-        sub.train.steps = max(steps)
+        sub.train.steps = max(p.steps)
         loop.validate(sub)
-        subs.append((n, sub))
-    engine = engine or loop.Engine(subs[0][1])
-    for n, sub in subs:
-        _calibrate_n(sub, os.path.join(workdir, f'N{n}'), steps, engine)
+        subs.append(sub)
+    engine = engine or engine_lib.Engine(subs[0])
+    for sub in subs:
+        _calibrate_n(sub, layout.CalibrateDir(workdir), p.steps, engine)
     return draw(cfg, workdir)
 
 
-def _calibrate_n(cfg, workdir, steps, engine):
+def _calibrate_n(cfg, cd, steps, engine):
     """One model of generation 0 at N = cfg.data.n; a cell at each step count."""
-    cells = os.path.join(workdir, 'cells')
-    todo = [s for s in steps if not os.path.exists(os.path.join(cells, f'steps{s}.json'))]
+    n = cfg.data.n
+    todo = [s for s in steps if not os.path.exists(cd.cell(n, s))]
     if not todo:
         return
-    run = loop.Run(cfg, workdir, engine)
-    os.makedirs(workdir, exist_ok=True)
-    loop.check_workdir_config(run.dir.config, cfg.to_json(sort_keys=True))
-    d0 = run.first_training_set()
+    real, rd = loop.real_split(cfg), cd.run(n)
+    jd, (images, labels) = judge.Judge(cfg, real), real.d0()
+    os.makedirs(rd.root, exist_ok=True)
+    loop.check_workdir_config(rd.config, cfg.to_json(sort_keys=True))
 
     def measure_at(s):
         def hook(state):
             params = state['ema'] if cfg.train.ema else state['params']
-            sample = loop.sample_pool(cfg, engine, params, cfg.score.eval_n, 0, 'eval')[0]
-            px, nn_idx = measure.pixel_measures(d0.images, sample, cfg.score.k,
-                                                cfg.score.mem_ratio, run.judge.copy_threshold(),
+            sample = engine.sample(cfg, params, cfg.score.eval_n, 0, 'eval')[0]
+            px, nn_idx = measure.pixel_measures(images, sample, cfg.score.k,
+                                                cfg.score.mem_ratio, jd.copy_threshold(),
                                                 return_nearest=True)
-            rec = dict(n=cfg.data.n, steps=s, n_samples=len(sample), **px,
-                       **judge.copying(sample, d0.images, *run.judge.heldout(0, None)),
-                       **run.judge.fidelity(sample))
+            rec = dict(n=n, steps=s, n_samples=len(sample), **px,
+                       **judge.copying(sample, images, *jd.heldout(0, None)),
+                       **jd.fidelity(sample))
             rec.pop('feature_info', None)
             k = min(cfg.score.nn_pairs, len(sample))
-            report.sample_grid(os.path.join(cells, f'steps{s}_samples.png'),
-                               sample[:cfg.score.grid])
-            report.nn_grid(os.path.join(cells, f'steps{s}_nearest.png'), sample[:k],
-                           d0.images[nn_idx[:k]])
-            files.save_json(os.path.join(cells, f'steps{s}.json'), rec)
-            log.info('calibrate N=%d steps=%d: %s', cfg.data.n, s,
+            report.sample_grid(cd.cell(n, s, '_samples.png'), sample[:cfg.score.grid])
+            report.nn_grid(cd.cell(n, s, '_nearest.png'), sample[:k], images[nn_idx[:k]])
+            files.save_json(cd.cell(n, s), rec)
+            log.info('calibrate N=%d steps=%d: %s', n, s,
                      json.dumps({k: rec.get(k) for k in KEYS}))
         return hook
 
-    train_lib.train_generation(
-        cfg, d0.images, d0.labels, generation=0, ckpt_dir=run.dir.gen(0).ckpt, mesh=engine.mesh,
-        graphdef=engine.graphdef, params=train_lib.init_params(cfg),
-        compiled=engine.train_steps, hooks={s: measure_at(s) for s in todo})
+    engine.train(cfg, images, labels, 0, rd.gen(0).ckpt, train_lib.init_params(cfg),
+                 engine_lib.Events(hooks={s: measure_at(s) for s in todo}))
 
 
 def collect(cfg, workdir):
-    out = []
-    for n in _ints(cfg.calibrate.ns):
-        for s in _ints(cfg.calibrate.steps):
-            p = os.path.join(workdir, f'N{n}', 'cells', f'steps{s}.json')
-            if os.path.exists(p):
-                out.append(files.read_json(p))
-    return out
+    p, cd = plan_of(cfg), layout.CalibrateDir(workdir)
+    return [files.read_json(cd.cell(n, s)) for n in p.ns for s in p.steps
+            if os.path.exists(cd.cell(n, s))]
 
 
 def headline(cells, c):
@@ -143,9 +142,8 @@ def draw(cfg, workdir):
     import matplotlib.pyplot as plt
     cells = collect(cfg, workdir)
     need(cells, f'{workdir}: no measured calibration cells to draw')
-    ns, steps = _ints(cfg.calibrate.ns), _ints(cfg.calibrate.steps)
-    out_dir = os.path.join(workdir, 'figures')
-    os.makedirs(out_dir, exist_ok=True)
+    p, cd = plan_of(cfg), layout.CalibrateDir(workdir)
+    ns, steps = p.ns, p.steps
     panels = [('copy_z', 'copy_z (<< 0 copying, ~0 generalizing)', 'RdBu', -20, 20),
               ('copy_auc', 'copy AUC (< 0.5 copying, 0.5 generalizing)', 'RdBu', 0, 1),
               ('memorization', 'memorized share (d1/d2 < mem_ratio)', 'Reds', 0, 1),
@@ -168,10 +166,10 @@ def draw(cfg, workdir):
         ax.set_ylabel('N', fontsize=7)
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    report._save_fig(os.path.join(out_dir, 'phase.png'), fig)
+    report.save_fig(cd.figure('phase.png'), fig)
     head = headline(cells, cfg.calibrate)
     results = dict(cells=cells, headline=head, criteria=cfg.calibrate.to_dict())
-    files.save_json(os.path.join(out_dir, 'results.json'), results)
-    print(json.dumps(dict(figures=out_dir, headline=None if head is None else
+    files.save_json(cd.figure('results.json'), results)
+    print(json.dumps(dict(figures=cd.figures, headline=None if head is None else
                           {k: head[k] for k in ('n', 'steps', 'copying_n')})))
     return results

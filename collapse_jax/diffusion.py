@@ -95,16 +95,17 @@ def check_config(cfg) -> None:
     need(s.guidance >= 0, f'sample.guidance={s.guidance}; must be >= 0')
 
 
-def make_sampler(graphdef, alphas_cumprod, *, shape, steps=1000, clip_x0=True,
-                 variance='fixed_small', guidance=1.0, num_classes=0, sharding=None):
+def make_sampler(graphdef, chain, *, shape, clip_x0=True, guidance=1.0, num_classes=0,
+                 sharding=None):
     """Returns sample(params, key, labels) -> (uint8 images [batch, *shape], finite [batch]), one
-    compiled program. `finite` is False for an image whose chain produced NaN or inf (its uint8
+    compiled program; `chain` is the respaced chain (sampler_coefficients: its steps and
+    variance). `finite` is False for an image whose chain produced NaN or inf (its uint8
     form would be meaningless), so callers never score or select it silently.
 
     `guidance` w mixes eps = eps_null + w (eps_cond - eps_null) for class-conditional models
     (w = 1 is plain conditional sampling). `sharding` splits the batch over devices.
     """
-    c = sampler_coefficients(alphas_cumprod, steps, variance)
+    c, steps = chain, int(chain['t'].shape[0])
     cfg = bool(num_classes) and guidance != 1.0
 
     def eps_fn(model, x, t, labels):

@@ -9,8 +9,10 @@
                       times.json, pool.npy (+ pool_labels.npy): S_g as uint8, what is scored
                       eval.npy: E_g, the evaluation sample (FD, recognizable, copy_z's mirror)
                       samples.png, nearest.png, projection.png
-  A sweep puts each variant in <workdir>/<paradigm>_<selection>/; a study puts each (N, seed)
-  in <workdir>/N<N>_seed<seed>/ and its figures in <workdir>/figures/.
+  A sweep puts each variant in <workdir>/<paradigm>_<selection>/ (SweepDir); a study puts each
+  (N, seed) sweep in <workdir>/N<N>_seed<seed>/ and its figures in <workdir>/figures/ (StudyDir);
+  a calibration puts each N's model in <workdir>/N<N>/, its cells in N<N>/cells/ and its figures
+  in <workdir>/figures/ (CalibrateDir).
 
 Each phase's output is written atomically and the file that marks the phase done goes last
 (train_images.npy for D_g, pool.npy for training + sampling), so a killed run resumes from the
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,27 +32,33 @@ from collapse_jax import files
 GEN_PREFIX = 'gen_'
 
 
-def variant_label(paradigm: str, selection: str) -> str:
-    """'replace/greedy': how a variant is named in records, legends and tables."""
-    return f'{paradigm}/{selection}'
+class Variant(NamedTuple):
+    """One paradigm and selection rule: how a variant is named in records, legends and tables
+    (`label`, 'replace/greedy') and on disk (`dirname`, 'replace_greedy')."""
+    paradigm: str
+    rule: str
 
+    @property
+    def label(self) -> str:
+        return f'{self.paradigm}/{self.rule}'
 
-def variant_dirname(paradigm: str, selection: str) -> str:
-    return f'{paradigm}_{selection}'
+    @property
+    def dirname(self) -> str:
+        return f'{self.paradigm}_{self.rule}'
+
+    @classmethod
+    def of(cls, cfg) -> 'Variant':
+        return cls(cfg.loop.paradigm, cfg.loop.selection)
 
 
 def parse_variants(text: str, field: str = 'sweep') -> list:
-    """'replace:none, accumulate:greedy' -> [('replace', 'none'), ('accumulate', 'greedy')]."""
+    """'replace:none, accumulate:greedy' -> [Variant('replace', 'none'), ...]."""
     out = []
     for item in str(text).split(','):
         if item.count(':') != 1:
             raise ValueError(f'{field}={text!r}: item {item!r} is not paradigm:selection')
-        out.append(tuple(x.strip() for x in item.split(':')))
+        out.append(Variant(*(x.strip() for x in item.split(':'))))
     return out
-
-
-def study_run_dirname(n: int, seed: int) -> str:
-    return f'N{n}_seed{seed}'
 
 
 @dataclasses.dataclass
@@ -167,3 +176,53 @@ class RunDir:
             shutil.copyfile(s.file(name), d.file('.tmp-' + name))
         for name in sorted(names, key=lambda n: n == 'pool.npy'):
             os.replace(d.file('.tmp-' + name), d.file(name))
+
+
+class SweepDir:
+    """A sweep: one RunDir per variant, and the comparison of them all."""
+
+    def __init__(self, root):
+        self.root = os.fspath(root)
+
+    def run(self, v: Variant) -> RunDir:
+        return RunDir(os.path.join(self.root, v.dirname))
+
+    compare_png = property(lambda self: os.path.join(self.root, 'compare.png'))
+    compare_html = property(lambda self: os.path.join(self.root, 'compare.html'))
+    entropy_gs = property(lambda self: os.path.join(self.root, 'entropy_gs.png'))
+
+
+class StudyDir:
+    """A study: one SweepDir per (N, seed), and the figures."""
+
+    def __init__(self, root):
+        self.root = os.fspath(root)
+
+    def sweep(self, n: int, seed: int) -> SweepDir:
+        return SweepDir(os.path.join(self.root, f'N{n}_seed{seed}'))
+
+    def run(self, n: int, seed: int, v: Variant) -> RunDir:
+        return self.sweep(n, seed).run(v)
+
+    figures = property(lambda self: os.path.join(self.root, 'figures'))
+
+    def figure(self, name: str) -> str:
+        return os.path.join(self.figures, name)
+
+
+class CalibrateDir:
+    """A calibration: one generation-0 run per N (its checkpoints), a cell per step count."""
+
+    def __init__(self, root):
+        self.root = os.fspath(root)
+
+    def run(self, n: int) -> RunDir:
+        return RunDir(os.path.join(self.root, f'N{n}'))
+
+    def cell(self, n: int, steps: int, suffix: str = '.json') -> str:
+        return os.path.join(self.root, f'N{n}', 'cells', f'steps{steps}{suffix}')
+
+    figures = property(lambda self: os.path.join(self.root, 'figures'))
+
+    def figure(self, name: str) -> str:
+        return os.path.join(self.figures, name)

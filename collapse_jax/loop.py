@@ -4,7 +4,7 @@ A `Run` is one variant (one paradigm and selection rule) in one directory (layou
 phases are methods that return what the next phase needs: `train_and_sample` (a pool and its
 times), `score` (the generation's record), `select` (the next training set). Each phase writes its
 output atomically for resume and for people; within one process values pass as return values.
-An `Engine` holds the compiled programs that every generation and every variant share.
+engine.Engine holds the compiled programs every generation and variant share, and runs them.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import numpy as np
 import jax
 from jax.experimental import multihost_utils
 
-from collapse_jax import (data, diffusion, features, files, layout, measure, parallel, report,
+from collapse_jax import (data, diffusion, features, files, layout, measure, metrics, report,
                           selection, streams)
+from collapse_jax import engine as engine_lib
 from collapse_jax import judge as judge_lib
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
@@ -54,13 +55,6 @@ def _barrier(name):
         multihost_utils.sync_global_devices(name)
 
 
-def _flatten(d, prefix=''):
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
 # fields a resumed run may change: extending the run, logging more or less often, the
 # learning rate (the advice after a non-finite loss is to resume with a lower one), how the host
 # CPU is split, and the study section (which runs a study makes, not what one run does)
@@ -70,7 +64,8 @@ RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr', 'cpu_dev
 
 def check_workdir_config(path, cfg_json):
     if os.path.exists(path):
-        old, new = _flatten(files.read_json(path)), _flatten(json.loads(cfg_json))
+        old = engine_lib.flatten(files.read_json(path))
+        new = engine_lib.flatten(json.loads(cfg_json))
         diff = sorted(k for k in old.keys() | new.keys()
                       if not k.startswith(RESUMABLE_CHANGES) and old.get(k) != new.get(k))
         need(not diff, f'workdir {os.path.dirname(path)} holds a run with a different config '
@@ -103,102 +98,67 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self.old)
 
 
-def engine_signature(cfg) -> dict:
-    """The config fields the compiled sampler and model graph depend on."""
-    keys = {'data.resolution': cfg.data.resolution, 'data.channels': cfg.data.channels}
-    for sec in ('model', 'diffusion', 'sample'):
-        keys.update(_flatten(cfg[sec].to_dict(), f'{sec}.'))
-    return keys
-
-
-class Engine:
-    """The compiled programs that every generation, variant and seed share, and nothing else:
-    the mesh, the UNet graph, the sampler and the train steps (keyed by train.step_signature).
-    Weights come from each run's own seed. A config that needs other programs is refused."""
-
-    def __init__(self, cfg, mesh=None):
-        self.mesh = mesh or parallel.make_mesh()
-        self.signature = engine_signature(cfg)
-        self.graphdef = train_lib.model_graph(cfg)
-        self.sampler = diffusion.make_sampler(
-            self.graphdef, diffusion.alphas_cumprod(cfg),
-            shape=(cfg.data.resolution, cfg.data.resolution, cfg.data.channels),
-            steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0, variance=cfg.sample.variance,
-            guidance=cfg.sample.guidance, num_classes=cfg.model.num_classes,
-            sharding=parallel.data_sharding(self.mesh))
-        self.train_steps = {}
-
-    def check(self, cfg):
-        theirs = engine_signature(cfg)
-        diff = sorted(k for k in theirs.keys() | self.signature.keys()
-                      if theirs.get(k) != self.signature.get(k))
-        need(not diff, f'this engine was compiled for another config ({", ".join(diff)} differ); '
-             'build an Engine for this config')
-
-
 def sweep_configs(cfg, workdir):
-    """[(label, config, RunDir)] for cfg.sweep's variants (or the one configured), all validated
-    before any of them starts."""
+    """[(Variant, config, RunDir)] for cfg.sweep's variants (or the one configured, in workdir
+    itself), all validated before any of them starts."""
     if not cfg.sweep:
         validate(cfg)
-        return [(layout.variant_label(cfg.loop.paradigm, cfg.loop.selection), cfg,
-                 layout.RunDir(workdir))]
+        return [(layout.Variant.of(cfg), cfg, layout.RunDir(workdir))]
     out = []
-    for paradigm, rule in layout.parse_variants(cfg.sweep):
+    for v in layout.parse_variants(cfg.sweep):
         sub = cfg.copy_and_resolve_references()
-        sub.loop.paradigm, sub.loop.selection, sub.sweep = paradigm, rule, ''
+        sub.loop.paradigm, sub.loop.selection, sub.sweep = v.paradigm, v.rule, ''
         validate(sub)
-        out.append((layout.variant_label(paradigm, rule), sub,
-                    layout.RunDir(os.path.join(workdir, layout.variant_dirname(paradigm, rule)))))
+        out.append((v, sub, layout.SweepDir(workdir).run(v)))
     return out
 
 
-def run(cfg, workdir, engine=None, later=0):
+def run(cfg, workdir, engine=None, later=0, progress=None):
     """Runs cfg.sweep's variants (or the one configured) under workdir. Returns {label: records}.
     A sweep varies only loop fields, so its variants share one Engine (one compilation) and
-    the generation-0 pool. `later`: generations the caller runs after this (for the ETA)."""
+    the generation-0 pool. `later`: generations the caller trains after this sweep (the ETA)."""
     variants = sweep_configs(cfg, workdir)
-    engine, runs = engine or Engine(variants[0][1]), {}
-    for i, (label, sub, rd) in enumerate(variants):
+    engine, runs = engine or engine_lib.Engine(variants[0][1]), {}
+    progress = progress or engine_lib.Progress()
+    for i, (v, sub, rd) in enumerate(variants):
         if i and jax.process_index() == 0:
             rd.copy_generation_zero_from(variants[0][2])
         _barrier(f'share {rd.root}')
         after = later + (len(variants) - 1 - i) * (cfg.loop.generations - 1)
-        runs[label] = Run(sub, rd.root, engine, later=after).run()
+        runs[v.label] = Run(sub, rd.root, engine, later=after, progress=progress).run()
     if cfg.sweep and jax.process_index() == 0:
-        report.write_compare(workdir, {label: rd.root for label, _, rd in variants})
+        report.write_compare(layout.SweepDir(workdir), {v.label: rd.root for v, _, rd in variants})
     return runs
 
 
-def run_generations(cfg, workdir, engine=None):
-    """One variant's generations in workdir; returns its records."""
-    return Run(cfg, workdir, engine).run()
+def real_split(cfg) -> data.RealSplit:
+    """The config checked, its data loaded and split (D_0, fresh images, held-out parts)."""
+    validate(cfg)
+    images, labels = data.load(cfg.data)
+    validate(cfg, dataset_size=len(images))
+    need(not cfg.model.num_classes or labels is not None,
+         f'model.num_classes={cfg.model.num_classes} but data.source={cfg.data.source!r} '
+         'has no labels')
+    return data.RealSplit(images, labels, n=cfg.data.n, seed=cfg.seed,
+                          fresh_per_generation=selection.fresh_per_generation(cfg),
+                          generations=cfg.loop.generations)
 
 
 class Run:
     """One variant's run: its config, directory, engine, the real split, the featurizers and the
     held-out reference."""
 
-    def __init__(self, cfg, workdir, engine=None, later=0):
-        validate(cfg)
-        images, labels = data.load(cfg.data)
-        validate(cfg, dataset_size=len(images))
-        need(not cfg.model.num_classes or labels is not None,
-             f'model.num_classes={cfg.model.num_classes} but data.source={cfg.data.source!r} '
-             'has no labels')
-        self.engine = engine or Engine(cfg)
+    def __init__(self, cfg, workdir, engine=None, later=0, progress=None):
+        self.real = real_split(cfg)
+        self.engine = engine or engine_lib.Engine(cfg)
         self.engine.check(cfg)
         self.cfg, self.dir = cfg, layout.RunDir(workdir)
-        self.label = layout.variant_label(cfg.loop.paradigm, cfg.loop.selection)
-        self.real = data.RealSplit(images, labels, n=cfg.data.n, seed=cfg.seed,
-                                   fresh_per_generation=selection.fresh_per_generation(cfg),
-                                   generations=cfg.loop.generations)
+        self.label = layout.Variant.of(cfg).label
         self.judge = judge_lib.Judge(cfg, self.real)
         self.writer = jax.process_index() == 0
         self._pools, self._evals = {}, {}  # generation -> S_g (images, labels) / E_g images
-        # the ETA: generations run after this variant, and the wall time of the last generation
-        # this process trained
-        self.later, self._per_gen = later, None
+        # the ETA: generations the job trains after this variant's
+        self.later, self.progress = later, progress or engine_lib.Progress()
 
     def first_training_set(self) -> layout.TrainSet:
         images, labels = self.real.d0()
@@ -221,6 +181,7 @@ class Run:
                 if d_g is None:  # resumed: D_g was made by an earlier process
                     d_g = gd.load_train_set()
                 times, t_gen, resumed = None, time.time(), os.path.isdir(gd.ckpt)
+                self.progress.following = self.cfg.loop.generations - 1 - g + self.later
                 if not gd.has_pool():                                    # phase 1: train, sample
                     times = self.train_and_sample(g, d_g, should_stop=lambda: pre.flag)
                     if times is None:
@@ -235,19 +196,8 @@ class Run:
                         self.dir.gen(g + 1).save_train_set(d_g)
                     _barrier(f'training set {g + 1}')
                 if times is not None and not resumed:  # a whole generation, for the ETA
-                    self._per_gen = time.time() - t_gen
+                    self.progress.generation_done(time.time() - t_gen)
         return records
-
-    def _after(self, g):
-        """The run's seconds left once generation g's training ends, from its projected training
-        seconds: the rest of generation g and every generation after it, each as long as the last
-        one this process ran (before there is one: as its training alone)."""
-        gens = self.cfg.loop.generations - 1 - g + self.later
-
-        def after(train_s):
-            per = self._per_gen or train_s
-            return max(per - train_s, 0.0) + per * gens
-        return after
 
     def _on_log(self, g):
         """Generation g's progress lines -> train_log.jsonl (appended; a resumed generation
@@ -289,24 +239,21 @@ class Run:
     def train_and_sample(self, g, d_g: layout.TrainSet, should_stop=lambda: False):
         """Trains generation g's model (resuming its checkpoint) and samples its pool. Returns
         the phase's times, or None if stopped by SIGTERM."""
-        cfg, gd, t0, on_log = self.cfg, self.dir.gen(g), time.time(), self._on_log(g)
+        cfg, gd, eng, t0, on_log = self.cfg, self.dir.gen(g), self.engine, time.time(), \
+            self._on_log(g)
         try:
-            state, info = train_lib.train_generation(
-                cfg, d_g.images, d_g.labels, generation=g, ckpt_dir=gd.ckpt,
-                mesh=self.engine.mesh, graphdef=self.engine.graphdef,
-                params=train_lib.init_params(cfg), should_stop=should_stop,
-                compiled=self.engine.train_steps, on_log=on_log, after_s=self._after(g))
+            res = eng.train(cfg, d_g.images, d_g.labels, g, gd.ckpt, train_lib.init_params(cfg),
+                            engine_lib.Events(should_stop, on_log=on_log, progress=self.progress))
         finally:
             if on_log is not None:
                 on_log.close()
-        if info['stopped']:
+        if res.stopped:
             return None
-        times = dict(train_s=time.time() - t0, final_loss=info['final_loss'], steps=info['steps'])
-        t0 = time.time()
-        params = state['ema'] if cfg.train.ema else state['params']
-        self._pools[g] = sample_pool(cfg, self.engine, params, cfg.data.n * cfg.loop.pool_factor, g)
+        times = dict(train_s=time.time() - t0, final_loss=res.final_loss, steps=res.steps)
+        t0, params = time.time(), res.weights(cfg.train.ema)
+        self._pools[g] = eng.sample(cfg, params, cfg.data.n * cfg.loop.pool_factor, g)
         times['sample_s'] = time.time() - t0
-        self._evals[g] = sample_pool(cfg, self.engine, params, cfg.score.eval_n, g, 'eval')[0] \
+        self._evals[g] = eng.sample(cfg, params, cfg.score.eval_n, g, 'eval')[0] \
             if cfg.score.eval_n else None
         times['eval_sample_s'] = time.time() - t0 - times['sample_s']
         if self.writer:
@@ -322,9 +269,7 @@ class Run:
             report.plot_curves(self.dir.curves, {self.label: records})
             report.write_report(self.dir, records, self.cfg.to_dict())
         log.info('generation %d: %s', rec['generation'], json.dumps(
-            {k: rec.get(k) for k in ('train_entropy', 'gs_l2', 'gs_ratio', 'memorization',
-                                     'memorization_calibrated', 'copy_z', 'fd', 'fd_floor',
-                                     'recognizable')}))
+            {k: rec.get(k) for k in metrics.view('log')}))
         return records
 
     def score(self, g, d_g: layout.TrainSet, pool, times: dict) -> dict:
@@ -368,30 +313,3 @@ class Run:
                 from None
         d.info['select_s'] = time.time() - t0
         return d
-
-
-def sample_pool(cfg, engine, params, count, generation, stream='sample'):
-    """count uint8 images from fixed-shape batches (the last one trimmed), one compiled sampler
-    for all. Batch b uses fold_in(the generation's `stream` key, b). Returns (images, labels or
-    None)."""
-    b, mesh = cfg.sample.batch_size, engine.mesh
-    key = streams.jax_key(cfg.seed, stream, generation)
-    labels = (np.arange(count) % cfg.model.num_classes).astype(np.int32) \
-        if cfg.model.num_classes else None
-    out, t0 = [], time.time()
-    for i in range(-(-count // b)):
-        rows = np.arange(i * b, (i + 1) * b) % count
-        y = labels[rows] if labels is not None else np.zeros(b, np.int32)
-        imgs, finite = engine.sampler(params, jax.random.fold_in(key, i),
-                                      parallel.shard_batch(mesh, y))
-        if jax.process_count() > 1:
-            imgs, finite = multihost_utils.process_allgather((imgs, finite), tiled=True)
-        if not np.all(finite):
-            raise FloatingPointError(
-                f'generation {generation}: {int(np.sum(~np.asarray(finite)))} of {b} samples in '
-                f'batch {i} are NaN/inf; they are not scored or selected. Retrain this '
-                'generation with a lower --config.train.lr (delete its ckpt/ folder)')
-        out.append(np.asarray(imgs))
-        log.info('generation %d: sampled %d/%d (%.1f img/s)', generation,
-                 min((i + 1) * b, count), count, (i + 1) * b / (time.time() - t0))
-    return np.concatenate(out)[:count], labels

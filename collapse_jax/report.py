@@ -16,29 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from collapse_jax import data, files, layout  # noqa: E402
+from collapse_jax import data, files, layout, metrics  # noqa: E402
 
 # (metrics key, panel title); {fd_space} / {feature_space}: the spaces the runs measured in
-CURVES = [('train_entropy', 'training-set entropy (nats, pixels 0-255, paper form)'),
-          ('gs_l2', 'GS: L2 to nearest training image (pixels in [-1, 1])'),
-          ('gs_ratio', 'GS / training set\'s own nearest spacing'),
-          ('memorization', 'memorized share (ratio test d1/d2 < score.mem_ratio)'),
-          ('memorization_calibrated', 'memorized share (d1 < calibrated distance)'),
-          ('copy_z', 'data-copying Z (<< 0 copying, ~0 generalizing; size-dependent)'),
-          ('copy_auc', 'copy AUC against fresh draws (0.5 null, < 0.5 copying)'),
-          ('copy_share_q01', 'share closer than the held-out 1% quantile (null 0.01)'),
-          ('participation_ratio', 'effective dimension of the samples'),
-          ('mean_intensity', 'mean pixel intensity of the samples (0-255)'),
-          ('real_share', 'share of real images in the training set'),
-          ('fd', 'Frechet distance to held-out real ({fd_space}); dashed: floor'),
-          ('recognizable', 'recognizable share (digits classifier p >= 0.9)'),
-          ('precision', 'precision, k-NN manifold ({fd_space})'),
-          ('recall', 'recall, k-NN manifold ({fd_space})'),
-          ('pool_variance', 'sample variance: trace of covariance ([-1, 1])'),
-          ('train_entropy_feat', 'training-set entropy (nats, {feature_space})'),
-          ('gs_mse_feat', 'GS: MSE to nearest training image ({feature_space})')]
+CURVES = [(k, metrics.BY_KEY[k].title) for k in metrics.view('curves')]
 # drawn dashed in the panel of the first key
-FLOORS = {'fd': 'fd_floor', 'recognizable': 'recognizable_real'}
+FLOORS = {m.key: m.floor for m in metrics.REGISTRY if m.floor}
 
 
 def _tile(images, rows, cols, pad=1):
@@ -69,7 +52,7 @@ def nn_grid(path, generated, nearest):
     save_image(path, _tile(pairs, 2, len(generated)))
 
 
-def _save_fig(path, fig):
+def save_fig(path, fig):
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=90, bbox_inches='tight')
     plt.close(fig)
@@ -113,7 +96,7 @@ def plot_curves(path, runs):
         ax.grid(alpha=0.3)
     axes.ravel()[0].legend(fontsize=6)
     fig.tight_layout()
-    _save_fig(path, fig)
+    save_fig(path, fig)
 
 
 def plot_loss(path, rows):
@@ -131,7 +114,7 @@ def plot_loss(path, rows):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    _save_fig(path, fig)
+    save_fig(path, fig)
 
 
 def pca_axes(real):
@@ -157,7 +140,7 @@ def projection(path, real, samples, title):
     ax.set_ylabel('PC 2', fontsize=7)
     ax.set_title(title, fontsize=7)
     ax.legend(fontsize=6)
-    _save_fig(path, fig)
+    save_fig(path, fig)
 
 
 def entropy_vs_gs(records, feat=False):
@@ -193,19 +176,14 @@ def plot_entropy_vs_gs(path, runs):
         ax.set_ylabel('log GS (MSE)', fontsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
-    _save_fig(path, fig)
+    save_fig(path, fig)
     out.setdefault('feat', out['pixel'])  # selection in pixels: the feature space is pixels
     return out
 
 
 # ----------------------------------------------------------------------------- HTML reports
 
-TABLE = ['generation', 'train_entropy', 'train_entropy_dedup', 'gs_l2', 'gs_mse', 'gs_ratio',
-         'memorization', 'memorization_calibrated', 'copy_z', 'copy_auc', 'copy_share_q05',
-         'copy_share_q01', 'participation_ratio',
-         'mean_intensity', 'fd', 'fd_floor', 'recognizable', 'recognizable_real', 'precision',
-         'recall', 'train_entropy_feat', 'gs_mse_feat', 'real_share', 'train_duplicates',
-         'pool_duplicates', 'final_loss', 'train_s', 'sample_s']
+TABLE = list(metrics.view('table'))
 
 
 def _img(path, alt):
@@ -254,7 +232,7 @@ def write_report(run_dir, records, cfg):
     """<run_dir>/report.html: config, metrics table, curves, entropy vs log GS (Pearson r), and
     per generation the sample grid, nearest-neighbour grid and PCA projection, all inlined.
     run_dir: a layout.RunDir; cfg: the run's config as a dict."""
-    label = layout.variant_label(cfg['loop']['paradigm'], cfg['loop']['selection'])
+    label = layout.Variant(cfg['loop']['paradigm'], cfg['loop']['selection']).label
     rs = plot_entropy_vs_gs(run_dir.entropy_gs, {label: records})
     last = records[-1] if records else {}
     space, fd_space = last.get('feature_space', 'pixel'), last.get('fd_space', 'pixel')
@@ -286,26 +264,24 @@ def write_report(run_dir, records, cfg):
     return run_dir.report
 
 
-def write_compare(out_dir, runs):
-    """runs: {label: workdir} -> <out_dir>/compare.png (shared axes, one line per run),
-    entropy_gs.png and compare.html with every run's last generation side by side."""
-    os.makedirs(out_dir, exist_ok=True)
+def write_compare(out, runs):
+    """runs: {label: workdir} -> compare.png (shared axes, one line per run), entropy_gs.png and
+    compare.html with every run's last generation side by side, in `out` (a layout.SweepDir)."""
     recs = {}
     for label, wd in runs.items():
         rd = layout.RunDir(wd)
         if not os.path.exists(rd.metrics):
             raise FileNotFoundError(f'{wd}: no metrics.jsonl (not a collapse_jax run directory)')
         recs[label] = rd.records()
-    plot_curves(os.path.join(out_dir, 'compare.png'), recs)
-    rs = plot_entropy_vs_gs(os.path.join(out_dir, 'entropy_gs.png'), recs)
+    plot_curves(out.compare_png, recs)
+    rs = plot_entropy_vs_gs(out.entropy_gs, recs)
     last = [dict(run=label, **r[-1]) for label, r in recs.items() if r]
     body = ['<h2>Last generation of each run</h2>', _table(last, ['run'] + TABLE),
-            '<h2>Curves</h2>', _img(os.path.join(out_dir, 'compare.png'), 'compare'),
+            '<h2>Curves</h2>', _img(out.compare_png, 'compare'),
             f'<h2>Entropy against log GS</h2><p>Pearson r across all runs and generations: '
             f'pixels {rs["pixel"]:.3f}, features {rs["feat"]:.3f}.</p>',
-            _img(os.path.join(out_dir, 'entropy_gs.png'), 'entropy vs log GS'),
+            _img(out.entropy_gs, 'entropy vs log GS'),
             '<h2>Runs</h2><ul>'] + [f'<li>{html.escape(k)}: {html.escape(os.path.abspath(v))}</li>'
                                     for k, v in runs.items()] + ['</ul>']
-    path = os.path.join(out_dir, 'compare.html')
-    _write_page(path, 'collapse_jax: runs compared', ''.join(body))
-    return path
+    _write_page(out.compare_html, 'collapse_jax: runs compared', ''.join(body))
+    return out.compare_html

@@ -1,15 +1,14 @@
-"""Training one generation's model from scratch: state, the sharded step, EMA, orbax checkpoints.
+"""What training one generation's model is made of: state, the sharded step, EMA, the batch order,
+orbax checkpoints. engine.Engine.train runs the steps.
 
-The train state is a plain pytree {params, opt_state, ema, ema_count, step, loss}; the model graph stays
-outside it, so one compiled step serves every generation. The step's key is
+The train state is a plain pytree {params, opt_state, ema, ema_count, step, loss}; the model
+graph stays outside it, so one compiled step serves every generation. The step's key is
 fold_in(generation_key, step) and the batch order depends only on (seed, generation, step), so a
 resumed run takes exactly the steps an uninterrupted one would.
 """
 from __future__ import annotations
 
 import math
-import logging
-import time
 
 import numpy as np
 import jax
@@ -20,8 +19,6 @@ from flax import nnx
 
 from collapse_jax import diffusion, parallel, streams, unet
 from collapse_jax.data import need
-
-log = logging.getLogger('collapse_jax')
 
 
 def _make_model(cfg, seed):
@@ -149,7 +146,7 @@ def batch_indices(n: int, batch: int, step: int, seed: int, generation: int) -> 
     return out
 
 
-def _saveable(state):
+def saveable(state):
     """One process: hand orbax a host copy (one slice per leaf instead of one per device, several
     times faster for small models). Several processes: the sharded arrays, which orbax gathers."""
     return jax.device_get(state) if jax.process_count() == 1 else state
@@ -158,83 +155,3 @@ def _saveable(state):
 def checkpoint_manager(directory, keep: int = 1):
     return ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-
-
-def _duration(s: float) -> str:
-    s = int(round(s))
-    return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
-
-
-def train_generation(cfg, images: np.ndarray, labels, *, generation: int, ckpt_dir, mesh,
-                     graphdef, params, should_stop=lambda: False, compiled=None, hooks=None,
-                     on_log=None, after_s=None):
-    """Trains a fresh model on `images` (uint8 [n, h, w, c]); resumes from `ckpt_dir` if a
-    checkpoint is there. Returns (state, info). `should_stop()` is polled each step (preemption):
-    when it turns true the state is saved and `info['stopped']` is set. `compiled` (a dict kept
-    by the caller) reuses the jitted step across generations with the same step_signature.
-    `hooks` {step: fn(state)} run after that step, before its checkpoint (so a resumed run never
-    skips one). Every progress line goes to `on_log(step, {'loss', 'grad_norm', 'lr'})` too and
-    carries the generation's ETA; `after_s(train_s)`, given this generation's projected training
-    seconds, estimates the run's time after this training ends, for the run's ETA."""
-    n = images.shape[0]
-    steps = total_steps(cfg, n)
-    tx = make_optimizer(cfg, steps)
-    state = init_state(params, tx, cfg.train.ema)
-    state = jax.device_put(state, parallel.replicated(mesh))
-    mngr = checkpoint_manager(ckpt_dir)
-    start = mngr.latest_step()
-    if start is not None:
-        state = mngr.restore(start, args=ocp.args.StandardRestore(state))
-        log.info('generation %d: resumed training at step %d/%d', generation, start, steps)
-    start = start or 0
-    compiled = {} if compiled is None else compiled
-    sig = step_signature(cfg, steps)
-    if sig not in compiled:
-        compiled[sig] = make_train_step(graphdef, tx, diffusion.alphas_cumprod(cfg), cfg, mesh)
-    step_fn, lr = compiled[sig], lr_schedule(cfg, steps)
-    gen_key = streams.jax_key(cfg.seed, 'train', generation)
-    labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)
-    b = cfg.train.batch_size
-    t0, t_log, info = time.time(), time.time(), dict(stopped=False)
-    last_line = start  # step of the last progress line
-    try:
-        for step in range(start, steps):
-            idx = batch_indices(n, b, step, cfg.seed, generation)
-            state, metrics = step_fn(state, parallel.shard_batch(mesh, images[idx]),
-                                     parallel.shard_batch(mesh, labels[idx]), gen_key)
-            done, stop = step + 1, should_stop()
-            hook = (hooks or {}).get(done)
-            save = done % cfg.train.ckpt_every == 0 or done == steps or stop or hook is not None
-            if not (save or done % cfg.train.log_every == 0):
-                continue  # no host sync between progress lines
-            lv = float(metrics['loss'])
-            if not np.isfinite(lv):  # checked before any save: the last checkpoint stays good
-                raise FloatingPointError(
-                    f'generation {generation}: non-finite loss {lv} at step {done}; the last '
-                    f'good checkpoint is in {ckpt_dir}; rerun with a lower --config.train.lr '
-                    'to resume from it')
-            if done % cfg.train.log_every == 0 or done == steps:
-                now = time.time()
-                rate = (done - last_line) / max(now - t_log, 1e-9)  # steps/s since the last line
-                left = (steps - done) / rate
-                eta = f'ETA generation {_duration(left)}'
-                if after_s is not None:
-                    eta += f', run {_duration(left + after_s(now - t0 + left))}'
-                log.info('generation %d step %d/%d loss %.4f %.1f img/s, %s', generation, done,
-                         steps, lv, rate * b, eta)
-                t_log, last_line = now, done
-                if on_log is not None:
-                    on_log(done, dict(loss=lv, grad_norm=float(metrics['grad_norm']),
-                                      lr=float(lr(done - 1))))
-            if hook is not None:
-                hook(state)
-            if save:
-                mngr.save(done, args=ocp.args.StandardSave(_saveable(state)))
-            if stop:
-                info['stopped'] = True
-                break
-    finally:  # an exception must not leave an async save half done
-        mngr.wait_until_finished()
-        mngr.close()
-    info.update(steps=steps, final_loss=float(state['loss']))
-    return state, info

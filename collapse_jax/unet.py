@@ -191,5 +191,5 @@ def _diffusers_key(path) -> str:
 def params_from_diffusers(params, state_dict):
     """Maps a diffusers `UNet2DModel` state dict (name -> numpy array) onto our parameter pytree
     (a pure dict); every tensor must be used exactly once."""
-    from collapse_jax.features import torch_to_tree
+    from collapse_jax.features.torch_weights import torch_to_tree
     return torch_to_tree(params, state_dict, key_of=_diffusers_key)

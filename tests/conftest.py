@@ -22,17 +22,16 @@ def digits_features():
 @pytest.fixture(scope='session')
 def engine():
     """One compiled engine (tiny UNet, 8x8 digits) for every loop test a worker runs."""
-    from collapse_jax import loop
+    from collapse_jax.engine import Engine
     from helpers import tiny
-    return loop.Engine(tiny())
+    return Engine(tiny())
 
 
 @pytest.fixture(scope='session')
 def uninterrupted(engine, tmp_path_factory):
     """tiny replace/threshold, 2 generations, run once on 1 process x 4 devices:
     (config, records without wall times, run directory)."""
-    from collapse_jax import loop
-    from helpers import strip, tiny
+    from helpers import run_one, strip, tiny
     cfg = tiny(paradigm='replace', selection='threshold', generations=2)
     workdir = tmp_path_factory.mktemp('clean')
-    return cfg, strip(loop.run_generations(cfg, str(workdir), engine)), workdir
+    return cfg, strip(run_one(cfg, str(workdir), engine)), workdir

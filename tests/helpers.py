@@ -3,10 +3,16 @@ import os
 
 import numpy as np
 
-from collapse_jax import files, layout, report
+from collapse_jax import files, layout, metrics, report
 from configs import default
 
-TIMING = ('train_s', 'sample_s', 'eval_sample_s', 'score_s', 'select_s')
+TIMING = metrics.view('time')
+
+
+def run_one(cfg, workdir, engine=None):
+    """One variant's generations in workdir; its records."""
+    from collapse_jax import loop
+    return loop.Run(cfg, str(workdir), engine).run()
 
 
 def tiny(**loop_fields):

@@ -55,4 +55,4 @@ def test_headline_is_the_smallest_generalizing_n_whose_quarter_copies():
 def test_bad_calibrate_section_is_one_line():
     cfg = toy_cfg(ns='64,abc')
     with pytest.raises(ValueError, match="calibrate.ns='64,abc'; allowed: positive integers"):
-        calibrate.check_config(cfg)
+        calibrate.plan_of(cfg)

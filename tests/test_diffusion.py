@@ -39,8 +39,8 @@ def test_sampler_with_exact_score_matches_closed_form(steps, variance):
     acp = diffusion.linear_alphas_cumprod()
     mu, s = 0.2, 0.3
     graphdef, params = nnx.split(GaussianOracle(mu, s, acp))
-    sample = diffusion.make_sampler(graphdef, acp, shape=(4, 4, 1), steps=steps, clip_x0=False,
-                                    variance=variance)
+    sample = diffusion.make_sampler(graphdef, diffusion.sampler_coefficients(acp, steps, variance),
+                                    shape=(4, 4, 1), clip_x0=False)
     imgs, finite = sample(params, jax.random.key(0), jnp.zeros(2048, jnp.int32))
     imgs = np.asarray(imgs)
     assert bool(finite.all())
@@ -115,8 +115,9 @@ def test_classifier_free_guidance_extrapolates_the_class_mean(guidance):
     acp = diffusion.linear_alphas_cumprod()
     mu = np.array([0.3, -0.2, 0.0])  # classes 0, 1; null label 2
     graphdef, params = nnx.split(ConditionalOracle(mu, 0.2, acp))
-    sample = diffusion.make_sampler(graphdef, acp, shape=(2, 2, 1), steps=100, clip_x0=False,
-                                    guidance=guidance, num_classes=2)
+    sample = diffusion.make_sampler(graphdef, diffusion.sampler_coefficients(acp, 100),
+                                    shape=(2, 2, 1), clip_x0=False, guidance=guidance,
+                                    num_classes=2)
     labels = jnp.arange(1024) % 2
     x = np.asarray(sample(params, jax.random.key(1), labels)[0]).astype(np.float64) / 127.5 - 1
     for c in (0, 1):
@@ -127,7 +128,8 @@ def test_classifier_free_guidance_extrapolates_the_class_mean(guidance):
 def test_non_finite_chains_are_flagged():
     acp = diffusion.linear_alphas_cumprod()
     graphdef, params = nnx.split(GaussianOracle(0.0, 0.3, acp))
-    sample = diffusion.make_sampler(graphdef, acp, shape=(2, 2, 1), steps=10)
+    sample = diffusion.make_sampler(graphdef, diffusion.sampler_coefficients(acp, 10),
+                                    shape=(2, 2, 1))
     params = jax.tree.map(lambda m: m * jnp.nan, params)  # a diverged model
     _, finite = sample(params, jax.random.key(0), jnp.zeros(4, jnp.int32))
     assert not bool(finite.any())

@@ -273,7 +273,8 @@ def test_digits_classifier_is_the_fixed_file_and_accurate(digits_features):
 def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch):
     bad = tmp_path / 'digits_cnn.npz'
     bad.write_bytes(open(F.DIGITS_WEIGHTS, 'rb').read()[:-1] + b'x')
-    monkeypatch.setattr(F, 'DIGITS_WEIGHTS', str(bad))
+    from collapse_jax.features import digits
+    monkeypatch.setattr(digits, 'DIGITS_WEIGHTS', str(bad))
     with pytest.raises(ValueError, match='not the project.s digits weights'):
         F.digits_classifier()
     with pytest.raises(ValueError, match='features.digits=.*no such file'):

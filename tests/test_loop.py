@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from collapse_jax import loop, selection
+from collapse_jax.engine import Engine
 from collapse_jax import train as train_lib
-from helpers import crash_once, strip, tiny
+from helpers import crash_once, run_one, strip, tiny
 
 def tensorboard_scalars(logdir):
     """{tag: [(step, value)]} from the event files in logdir, read as TFRecords by hand."""
@@ -31,7 +32,7 @@ def tensorboard_scalars(logdir):
 def test_two_generations_end_to_end(tmp_path, engine, digits_features):
     cfg = tiny(paradigm='accumulate', selection='none')
     cfg.score.feature_space = 'digits'
-    recs = loop.run_generations(cfg, str(tmp_path), engine)
+    recs = run_one(cfg, str(tmp_path), engine)
     assert [r['generation'] for r in recs] == [0, 1]
     r0, r1 = recs
     assert r0['n_train'] == 16 and r0['n_pool'] == 32 and r0['real_share'] == 1.0
@@ -106,7 +107,7 @@ def nearest_l2(a, b):
 def test_relative_copying_uses_fresh_draws_never_the_pool(tmp_path, engine):
     # replace:none at N = 16 with E_g of 32: two replicas of 16 from 16 draws each, so H_1 is all
     # of E_0. Scored against a leak (the pool S_0 as the held-out set) the numbers differ
-    recs = loop.run_generations(tiny(paradigm='replace', selection='none'), str(tmp_path), engine)
+    recs = run_one(tiny(paradigm='replace', selection='none'), str(tmp_path), engine)
     r1 = recs[1]
     d1 = np.load(tmp_path / 'gen_001' / 'train_images.npy')
     d_gen = nearest_l2(np.load(tmp_path / 'gen_001' / 'pool.npy'), d1)
@@ -124,10 +125,11 @@ def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
     cfg = tiny(generations=2)
     cfg.sweep = 'replace:greedy,fresh:random'
     trained = []
-    real_train = train_lib.train_generation
-    monkeypatch.setattr(train_lib, 'train_generation',
-                        lambda *a, **k: trained.append(k['generation']) or real_train(*a, **k))
-    eng = loop.Engine(cfg)
+    real_train = Engine.train
+    monkeypatch.setattr(Engine, 'train',
+                        lambda self, cfg, x, y, g, *a, **k: trained.append(g) or
+                        real_train(self, cfg, x, y, g, *a, **k))
+    eng = Engine(cfg)
     runs = loop.run(cfg, str(tmp_path), eng)
     assert trained == [0, 1, 1]  # generation 0 is trained once for both variants
     # retrace guard: one compiled train step and one sampler trace served every generation
@@ -164,8 +166,8 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
             crash_once(m, train_lib, 'batch_indices',
                        lambda n, b, step, seed, g: (g, step) == (1, 5))
         elif where == 'sample':
-            crash_once(m, loop, 'sample_pool',
-                       lambda cfg, engine, params, count, generation, *_: generation == 1)
+            crash_once(m, Engine, 'sample',
+                       lambda self, cfg, params, count, generation, *_: generation == 1)
         elif where == 'score':
             crash_once(m, loop.Run, 'score', lambda self, g, *a: g == 1)
         elif where == 'select':
@@ -173,8 +175,8 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
         else:
             crash_once(m, loop.files, 'save_jsonl', lambda path, _: path.endswith('metrics.jsonl'))
         with pytest.raises(KeyboardInterrupt):
-            loop.run_generations(cfg, str(tmp_path / 'run'), engine)
-    got = strip(loop.run_generations(cfg, str(tmp_path / 'run'), engine))
+            run_one(cfg, str(tmp_path / 'run'), engine)
+    got = strip(run_one(cfg, str(tmp_path / 'run'), engine))
     assert got == want
     lines = (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()
     assert [json.loads(x)['generation'] for x in lines] == [0, 1]  # no duplicates
@@ -235,11 +237,11 @@ def test_validation_names_the_field():
 def test_each_seed_trains_from_its_own_initial_weights(tmp_path, engine):
     """A study shares one engine over seeds: seed 1 must start from seed 1's weights, exactly as
     on an engine of its own (the old engine kept the first seed's weights for every run)."""
-    a = loop.run_generations(tiny(generations=1), str(tmp_path / 's0'), engine)
+    a = run_one(tiny(generations=1), str(tmp_path / 's0'), engine)
     cfg1 = tiny(generations=1)
     cfg1.seed = 1
-    shared = loop.run_generations(cfg1, str(tmp_path / 's1_shared'), engine)
-    own = loop.run_generations(cfg1, str(tmp_path / 's1_own'), loop.Engine(cfg1))
+    shared = run_one(cfg1, str(tmp_path / 's1_shared'), engine)
+    own = run_one(cfg1, str(tmp_path / 's1_own'), Engine(cfg1))
     np.testing.assert_array_equal(np.load(tmp_path / 's1_shared' / 'gen_000' / 'pool.npy'),
                                   np.load(tmp_path / 's1_own' / 'gen_000' / 'pool.npy'))
     assert strip(shared) == strip(own) and strip(shared) != strip(a)
@@ -267,16 +269,14 @@ def test_engine_refuses_a_config_it_was_not_compiled_for(engine):
 def test_train_steps_are_keyed_on_every_setting_they_compile(tmp_path, engine):
     """An engine reused with another learning rate or EMA gets another step, not the old one."""
     images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
-    compiled, seen = {}, []
+    fresh, seen = Engine(tiny(), engine.mesh), []
     for i, fields in enumerate([{}, {'lr': 1e-3}, {'ema': True}, {'log_every': 2}]):
         cfg = tiny()
         cfg.train.update(steps=2, **fields)
         params = train_lib.init_params(cfg)
         init = jax.tree.map(np.array, params)  # a host copy: the step may donate the buffers
-        state, _ = train_lib.train_generation(
-            cfg, images, None, generation=0, ckpt_dir=str(tmp_path / str(i)), mesh=engine.mesh,
-            graphdef=engine.graphdef, params=params, compiled=compiled)
-        seen.append(len(compiled))
+        state = fresh.train(cfg, images, None, 0, str(tmp_path / str(i)), params).state
+        seen.append(len(fresh.train_steps))
         if fields.get('ema'):  # two EMA updates moved the average off the initial weights
             moved = [not np.array_equal(a, b) for a, b in
                      zip(jax.tree.leaves(state['ema']), jax.tree.leaves(init))]
@@ -286,13 +286,13 @@ def test_train_steps_are_keyed_on_every_setting_they_compile(tmp_path, engine):
 
 @pytest.mark.slow
 def test_workdir_with_another_config_is_refused(tmp_path, engine):
-    loop.run_generations(tiny(generations=1), str(tmp_path), engine)
+    run_one(tiny(generations=1), str(tmp_path), engine)
     with pytest.raises(ValueError, match='loop.selection'):
-        loop.run_generations(tiny(generations=1, selection='greedy'), str(tmp_path), engine)
+        run_one(tiny(generations=1, selection='greedy'), str(tmp_path), engine)
     lower_lr = tiny(generations=1)
     lower_lr.train.lr = 1e-4  # what the non-finite-loss message advises: accepted
     lower_lr.cpu_devices = 2  # how the host is split: accepted
-    assert len(loop.run_generations(lower_lr, str(tmp_path), engine)) == 1
+    assert len(run_one(lower_lr, str(tmp_path), engine)) == 1
 
 
 @pytest.mark.slow
@@ -300,8 +300,8 @@ def test_one_device_makes_the_same_choices_as_four(tmp_path, uninterrupted):
     import jax
     from collapse_jax import parallel
     cfg, four, four_dir = uninterrupted
-    one = strip(loop.run_generations(
-        cfg, str(tmp_path), loop.Engine(cfg, parallel.make_mesh(jax.devices()[:1]))))
+    one = strip(run_one(
+        cfg, str(tmp_path), Engine(cfg, parallel.make_mesh(jax.devices()[:1]))))
     for a, b in zip(one, four):
         assert a['final_loss'] == pytest.approx(b['final_loss'], rel=1e-5)
         assert a['train_entropy'] == pytest.approx(b['train_entropy'], rel=1e-4)
@@ -316,7 +316,7 @@ def test_class_conditional_guided_loop_keeps_labels(tmp_path):
     cfg = tiny(paradigm='replace', selection='greedy')
     cfg.model.num_classes, cfg.sample.guidance = 10, 2.0
     cfg.data.n, cfg.sample.batch_size = 20, 20
-    recs = loop.run_generations(cfg, str(tmp_path), loop.Engine(cfg))
+    recs = run_one(cfg, str(tmp_path), Engine(cfg))
     assert len(recs) == 2 and recs[0]['sampler']['guidance'] == 2.0
     pool_labels = np.load(tmp_path / 'gen_000' / 'pool_labels.npy')
     assert np.bincount(pool_labels, minlength=10).tolist() == [4] * 10  # balanced over classes
@@ -335,12 +335,13 @@ def test_experiment_configs_validate():
     from configs import cifar10_paper, study_cifar10, study_cpu
     from collapse_jax import study
     s = study_cpu.get_config()
-    assert study.runs_of(s) == [(256, 0), (256, 1)] and s.loop.generations == 5
+    p = study.plan_of(s)
+    assert p.runs() == [(256, 0), (256, 1)] and s.loop.generations == 5
     # held-out replicas of >= 1,000 images under greedy, and the real data holds every part
     assert s.score.eval_n // (s.loop.pool_factor * 256) * 256 >= 1000
     assert 256 + 2 * s.score.fd_n + max(256, s.score.eval_n) <= 5000
-    for n, seed in study.runs_of(s):  # every (N, seed) x variant of the CPU study is valid
-        s.data.n, s.sweep = n, study.sweep_of(s, seed)
+    for n, seed, _ in p.passes():  # every (N, seed) x variant of the CPU study is valid
+        s.data.n, s.sweep = n, ','.join(f'{a}:{b}' for a, b in p.variants_at(seed))
         assert len(loop.sweep_configs(s, '/unused')) == (3 if seed == 0 else 2)
     big = study_cifar10.get_config()  # the paper's schedule: epochs x N / batch fixed
     assert big.train.steps == 500 * 32768 // 128 == 8000 * 2048 // 128

@@ -36,11 +36,11 @@ def test_compare_draws_runs_on_shared_axes(tmp_path):
     for i, (p, s) in enumerate([('replace', 'none'), ('replace', 'greedy'), ('accumulate', 'none')]):
         fake_run(str(tmp_path / f'{p}_{s}'), p, s, i)
         runs[f'{p}/{s}'] = str(tmp_path / f'{p}_{s}')
-    page = open(report.write_compare(str(tmp_path / 'cmp'), runs)).read()
+    page = open(report.write_compare(layout.SweepDir(tmp_path / 'cmp'), runs)).read()
     assert os.path.getsize(tmp_path / 'cmp' / 'compare.png') > 0
     assert all(label in page for label in runs) and page.count('<tr>') == 1 + 3
     with pytest.raises(FileNotFoundError, match='no metrics.jsonl'):
-        report.write_compare(str(tmp_path / 'cmp'), {'x': str(tmp_path / 'missing')})
+        report.write_compare(layout.SweepDir(tmp_path / 'cmp'), {'x': str(tmp_path / 'missing')})
 
 
 def test_projection_uses_the_real_principal_axes():

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from collapse_jax import study
+from collapse_jax import study, study_report
 from helpers import fake_run, tiny
 
 VARIANTS = 'replace:none,accumulate:greedy'
@@ -20,38 +20,45 @@ def toy(ns='16,24', seeds='0,1', headline=16, variants=VARIANTS, generations=2):
     return cfg
 
 
+def labels(variants):
+    return ','.join(v.label for v in variants)
+
+
 def test_later_seeds_may_run_a_subset_of_the_variants():
     cfg = toy(seeds='0,1')
     cfg.study.seed_variants = 'replace:none'
-    assert study.sweep_of(cfg, 0) == VARIANTS and study.sweep_of(cfg, 1) == 'replace:none'
+    p = study.plan_of(cfg)
+    assert labels(p.variants_at(0)) == 'replace/none,accumulate/greedy'
+    assert labels(p.variants_at(1)) == 'replace/none'
 
 
-def test_the_variants_every_seed_runs_go_first_at_every_seed(tmp_path):
+def test_the_variants_every_seed_runs_go_first_at_every_seed():
     cfg = toy(seeds='0,1')
     cfg.study.seed_variants = 'replace:none'
-    order = [(n, seed, sub.sweep) for n, seed, sub, _ in study.plan(cfg, str(tmp_path))]
-    assert order == [(16, 0, 'replace:none'), (24, 0, 'replace:none'), (16, 1, 'replace:none'),
-                     (16, 0, VARIANTS), (24, 0, VARIANTS)]
-    assert [(n, s) for n, s, _ in order[:3]] == study.runs_of(cfg)
+    order = [(n, seed, labels(vs)) for n, seed, vs in study.plan_of(cfg).passes()]
+    every = 'replace/none,accumulate/greedy'
+    assert order == [(16, 0, 'replace/none'), (24, 0, 'replace/none'), (16, 1, 'replace/none'),
+                     (16, 0, every), (24, 0, every)]
+    assert [(n, s) for n, s, _ in order[:3]] == study.plan_of(cfg).runs()
     for bad in ('accumulate:greedy', 'replace:greedy'):  # must start with the first; a subset
         cfg.study.seed_variants = bad
         with pytest.raises(ValueError, match='study.seed_variants=.*subset of study.variants'):
-            study.plan(cfg, str(tmp_path))
+            study.plan_of(cfg)
 
 
 def test_runs_every_size_with_the_first_seed_and_every_seed_at_the_headline_size():
-    assert study.runs_of(toy(ns='32,64,128', seeds='0,1,2', headline=64)) == [
+    assert study.plan_of(toy(ns='32,64,128', seeds='0,1,2', headline=64)).runs() == [
         (32, 0), (64, 0), (128, 0), (64, 1), (64, 2)]
 
 
 @pytest.mark.slow
 def test_draws_figures_and_results_from_finished_runs(tmp_path):
     cfg = toy()
-    for n, seed in study.runs_of(cfg):
+    for n, seed in study.plan_of(cfg).runs():
         for i, item in enumerate(VARIANTS.split(',')):
             fake_run(str(tmp_path / f'N{n}_seed{seed}' / item.replace(':', '_')),
                      *item.split(':'), seed=n + 10 * seed + i)
-    res = study.draw(cfg, str(tmp_path))
+    res = study_report.draw(cfg, str(tmp_path))
     for name in ('gs_by_n', 'entropy_by_n', 'entropy_vs_log_gs', 'selection_gs_fd', 'real_share',
                  'nearest_first', 'nearest_last'):
         assert os.path.getsize(tmp_path / 'figures' / f'{name}.png') > 0, name
@@ -122,6 +129,6 @@ def test_cost_counts_every_training_and_sampler_call_by_hand():
 
 def test_a_bad_study_list_names_its_field(tmp_path):
     with pytest.raises(ValueError, match=r"study.ns='64,abc'; allowed: comma-separated integers"):
-        study.plan(toy(ns='64,abc'), str(tmp_path))
+        study.plan_of(toy(ns='64,abc'))
     with pytest.raises(ValueError, match=r"study.seeds='x'; allowed"):
-        study.plan(toy(seeds='x'), str(tmp_path))
+        study.plan_of(toy(seeds='x'))

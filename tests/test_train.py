@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from collapse_jax import data, diffusion, parallel, train
+from collapse_jax import engine as engine_lib
 from helpers import tiny_train as tiny_config
 
 
@@ -69,41 +70,37 @@ def test_batches_cover_every_image_once_per_epoch():
 
 
 @pytest.fixture(scope='module')
-def generation_kw():
+def generation():
+    """(config, engine, initial weights) of a 12-step training with EMA, one compiled step."""
     cfg = tiny_config(steps=12, ckpt_every=4, ema=True)
-    return cfg, dict(generation=1, mesh=parallel.make_mesh(), graphdef=train.model_graph(cfg),
-                     params=train.init_params(cfg), compiled={})
+    return cfg, engine_lib.Engine(cfg, parallel.make_mesh()), train.init_params(cfg)
 
 
 @pytest.mark.slow
-def test_interrupted_training_resumes_to_the_same_weights(digits, tmp_path, generation_kw):
-    cfg, kw = generation_kw
-    full, info = train.train_generation(cfg, *digits, ckpt_dir=str(tmp_path / 'a'), **kw)
+def test_interrupted_training_resumes_to_the_same_weights(digits, tmp_path, generation):
+    cfg, eng, params = generation
+    full = eng.train(cfg, *digits, 1, str(tmp_path / 'a'), params)
     calls = iter(range(100))
-    part, info1 = train.train_generation(cfg, *digits, ckpt_dir=str(tmp_path / 'b'),
-                                         should_stop=lambda: next(calls) == 6, **kw)
-    assert info1['stopped'] and int(part['step']) == 7
-    resumed, info2 = train.train_generation(cfg, *digits, ckpt_dir=str(tmp_path / 'b'), **kw)
-    assert info2['final_loss'] == info['final_loss']
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    part = eng.train(cfg, *digits, 1, str(tmp_path / 'b'), params,
+                     engine_lib.Events(should_stop=lambda: next(calls) == 6))
+    assert part.stopped and int(part.state['step']) == 7 and not full.stopped
+    resumed = eng.train(cfg, *digits, 1, str(tmp_path / 'b'), params)
+    assert resumed.final_loss == full.final_loss and resumed.steps == 12
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path,
-                                                                   generation_kw):
-    cfg, kw = generation_kw
-    sig = train.step_signature(cfg, 12)
-    real = kw['compiled'].get(sig) or train.make_train_step(
-        kw['graphdef'], train.make_optimizer(cfg, 12), diffusion.linear_alphas_cumprod(), cfg,
-        kw['mesh'])
-    kw['compiled'][sig] = real
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path, generation):
+    cfg, eng, params = generation
+    real = eng._step(cfg, 12)
 
     def poisoned(state, x, y, key):  # the real step, with the loss turning NaN at step 6
         state, m = real(state, x, y, key)
         return state, dict(m, loss=jnp.where(state['step'] >= 6, jnp.nan, m['loss']))
 
-    kw = dict(kw, compiled={sig: poisoned})
+    bad = engine_lib.Engine(cfg, eng.mesh)
+    bad.train_steps = {train.step_signature(cfg, 12): poisoned}
     with pytest.raises(FloatingPointError, match='lower --config.train.lr'):
-        train.train_generation(cfg, *digits, ckpt_dir=str(tmp_path), **kw)
+        bad.train(cfg, *digits, 1, str(tmp_path), params)
     assert train.checkpoint_manager(str(tmp_path)).latest_step() == 4

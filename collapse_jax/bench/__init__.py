@@ -18,13 +18,14 @@ import os
 import platform
 import sys
 import time
-from functools import partial
 
 import numpy as np
 import jax
 import jax.numpy as jnp
 
 from collapse_jax import files, scoring, selection
+from collapse_jax.bench.peers import (diffusers_unet, threshold_per_visit, torch_greedy,
+                                      torch_train_step_time)
 
 SIZES = {  # full: the issue's sizes; quick: a few minutes on a 2-core CPU
     'full': dict(knn_n=16384, greedy_n=16384, greedy_m=8192, d=3072, roofline=4096,
@@ -134,20 +135,6 @@ def bench_knn(rows, n, d, matmul_rate):
 
 # ----------------------------------------------------------------------------- greedy
 
-def torch_greedy(x, m, first=0, mode='use_mm_for_euclid_dist_if_necessary'):
-    """The reference's loop: cdist to the newest pick, running minimum, argmax, .item().
-    cdist's default mode uses the matmul expansion, which rounds in float32; the exact variant
-    (float64 input, mode='donot_use_mm_for_euclid_dist') is the arithmetic our picks follow."""
-    import torch
-    picks = [first]
-    min_d = torch.cdist(x, x[first:first + 1], compute_mode=mode).squeeze(1)
-    for _ in range(m - 1):
-        j = int(torch.argmax(min_d).item())
-        picks.append(j)
-        min_d = torch.minimum(min_d, torch.cdist(x, x[j:j + 1], compute_mode=mode).squeeze(1))
-    return picks
-
-
 def bench_greedy(rows, n, m, d, peer_picks):
     x = np.random.default_rng(1).integers(0, 256, (n, d), dtype=np.uint8)
     t0 = time.perf_counter()
@@ -173,31 +160,6 @@ def bench_greedy(rows, n, m, d, peer_picks):
            compile_s=max(first - s, 0.0))
 
 
-@partial(jax.jit, static_argnames=('n',))
-def threshold_per_visit(x, order, n, tau, decay):
-    """The threshold rule as it was before the lazy updates (selection._threshold): every visit,
-    accepted or not, computes the visited candidate's distance to all m candidates (jnp.where
-    evaluates both branches). Kept here as the benchmark's baseline."""
-    m = x.shape[0]
-
-    def body(s):
-        c = order[s['pos']]
-        accept = (~s['taken'][c]) & (s['min_d'][c] > s['tau'] ** 2)
-        min_d = jnp.where(accept, jnp.minimum(s['min_d'], jnp.sum((x - x[c][None]) ** 2, 1)),
-                          s['min_d'])
-        s = dict(s, min_d=min_d, taken=s['taken'].at[c].set(s['taken'][c] | accept),
-                 picks=jnp.where(accept, s['picks'].at[s['count']].set(c), s['picks']),
-                 count=s['count'] + accept.astype(jnp.int32))
-        end = s['pos'] == m - 1
-        return dict(s, pos=jnp.where(end, 0, s['pos'] + 1),
-                    tau=jnp.where(end, s['tau'] * decay, s['tau']))
-
-    s = dict(min_d=jnp.full((m,), jnp.inf), taken=jnp.zeros((m,), bool),
-             picks=jnp.zeros((n,), jnp.int32), count=jnp.int32(0), pos=jnp.int32(0),
-             tau=jnp.float32(tau))
-    return jax.lax.while_loop(lambda s: s['count'] < n, body, s)['picks']
-
-
 def bench_threshold(rows, n, d, factor=5, tau=2000.0, decay=0.95):
     """The threshold rule at a factor x N pool of uint8 pixels (tau0 = 2000, the reference's
     pixel value): lazy updates against the per-visit baseline, same picks."""
@@ -218,24 +180,13 @@ def bench_threshold(rows, n, d, factor=5, tau=2000.0, decay=0.95):
 
 # ----------------------------------------------------------------------------- UNet peers
 
-def diffusers_unet(preset, channels=3):
-    import diffusers
-    from collapse_jax import unet
-    p = unet.PRESETS[preset]
-    down = ['AttnDownBlock2D' if a else 'DownBlock2D' for a in p['attention']]
-    up = ['AttnUpBlock2D' if a else 'UpBlock2D' for a in reversed(p['attention'])]
-    return diffusers.UNet2DModel(in_channels=channels, out_channels=channels, layers_per_block=2,
-                                 block_out_channels=p['widths'], norm_num_groups=p['groups'],
-                                 down_block_types=down, up_block_types=up, sample_size=32)
-
-
 def bench_sampler(rows, preset, steps, batch, peak):
     from collapse_jax import diffusion, unet
     from flax import nnx
     model = unet.make_unet(preset, in_channels=3)
     graphdef, params = nnx.split(model)
-    sampler = diffusion.make_sampler(graphdef, diffusion.linear_alphas_cumprod(1000, 1e-4, 0.02),
-                                     shape=(32, 32, 3), steps=steps)
+    chain = diffusion.sampler_coefficients(diffusion.linear_alphas_cumprod(1000, 1e-4, 0.02), steps)
+    sampler = diffusion.make_sampler(graphdef, chain, shape=(32, 32, 3))
     y = jnp.zeros((batch,), jnp.int32)
     key = jax.random.key(0)
     t0 = time.perf_counter()
@@ -307,27 +258,6 @@ def bench_train(rows, preset, batch):
            compile_s=max(first - s, 0.0))
 
 
-def torch_train_step_time(preset, batch, cfg):
-    import torch
-    import diffusers
-    model = diffusers_unet(preset).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.b1, cfg.train.b2),
-                            eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
-    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule='linear')
-    x0 = torch.rand(batch, 3, 32, 32) * 2 - 1
-
-    def one():
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (batch,))
-        loss = torch.nn.functional.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
-    one()
-    return best_time(lambda: [one() for _ in range(5)], 2) / 5
-
-
 def project_study(rows, config='study_cifar10'):
     """The paper-scale study's time on this machine (one device), from the UNet48 train and
     sampler rates measured in this run (the fastest batch of each) and study.cost."""
@@ -388,6 +318,3 @@ def main(argv=None):
     print(f'wrote {len(rows)} measurements to {args.out}')
     return rows
 
-
-if __name__ == '__main__':
-    main()

@@ -1,0 +1,3 @@
+from collapse_jax.bench import main
+
+main()

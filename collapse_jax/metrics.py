@@ -1,0 +1,109 @@
+"""Every key of a generation's record, in one registry: its title, unit and the views that show it.
+
+Views: 'curves' (a panel of curves.png and compare.png, in this order), 'table' (report.html's
+and compare.html's table), 'log' (the line logged when a generation is scored), 'study' (the
+study's results.json and results.csv rows), 'calibrate' (the calibration's log line) and 'time'
+(wall times, left out where records are compared). A key with no view is kept in the record
+for provenance. judge.Judge and loop.Run write the record; a test checks that a tiny run's
+records hold exactly these keys.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Metric(NamedTuple):
+    key: str
+    title: str = ''
+    unit: str = ''
+    views: tuple = ()
+    floor: str | None = None  # drawn dashed in this key's panel
+    short: str = ''           # the title in the study's small panels
+
+    def label(self) -> str:
+        return self.short or self.title or self.key
+
+
+_T = ('table',)
+_CORE = ('curves', 'table', 'study')
+REGISTRY = (
+    Metric('generation', 'generation', '', _T),
+    Metric('train_entropy', 'training-set entropy (nats, pixels 0-255, paper form)', 'nats',
+           _CORE + ('log',)),
+    Metric('train_entropy_dedup', 'training-set entropy, duplicates removed', 'nats',
+           ('table', 'study')),
+    Metric('gs_l2', 'GS: L2 to nearest training image (pixels in [-1, 1])', 'L2',
+           _CORE + ('log',)),
+    Metric('gs_mse', 'GS: MSE to nearest training image (pixels in [-1, 1])', 'MSE',
+           ('table', 'study'), short='GS (MSE, pixels)'),
+    Metric('gs_ratio', "GS / training set's own nearest spacing", 'ratio',
+           _CORE + ('log', 'calibrate')),
+    Metric('memorization', 'memorized share (ratio test d1/d2 < score.mem_ratio)', 'share',
+           _CORE + ('log', 'calibrate')),
+    Metric('memorization_calibrated', 'memorized share (d1 < calibrated distance)', 'share',
+           _CORE + ('log', 'calibrate'), short='absolute: memorized share (calibrated)'),
+    Metric('copy_z', 'data-copying Z (<< 0 copying, ~0 generalizing; size-dependent)', 'z',
+           _CORE + ('log', 'calibrate'), short='copy_z (<< 0: copying; size-dependent)'),
+    Metric('copy_auc', 'copy AUC against fresh draws (0.5 null, < 0.5 copying)', 'AUC',
+           _CORE + ('calibrate',), short='relative: copy AUC (0.5 null)'),
+    Metric('copy_share_q05', 'share closer than the held-out 5% quantile (null 0.05)', 'share',
+           ('table', 'study', 'calibrate'),
+           short='relative: share < held-out 5% quantile (null 0.05)'),
+    Metric('copy_share_q01', 'share closer than the held-out 1% quantile (null 0.01)', 'share',
+           _CORE),
+    Metric('copy_heldout_n', 'held-out images behind the copy measures', 'count', ('study',)),
+    Metric('copy_heldout_median', "held-out images' median distance to D_g", '0-255 L2',
+           ('study',)),
+    Metric('copy_heldout', 'what the held-out set is'),
+    Metric('copy_threshold', "memorization_calibrated's distance", '0-255 L2'),
+    Metric('participation_ratio', 'effective dimension of the samples', 'dims',
+           _CORE + ('calibrate',)),
+    Metric('train_participation_ratio', 'effective dimension of the training set', 'dims',
+           ('study',)),
+    Metric('mean_intensity', 'mean pixel intensity of the samples (0-255)', '0-255',
+           _CORE + ('calibrate',)),
+    Metric('train_mean_intensity', 'mean pixel intensity of the training set', '0-255',
+           ('study',)),
+    Metric('real_share', 'share of real images in the training set', 'share', _CORE),
+    Metric('fd', 'Frechet distance to held-out real ({fd_space}); dashed: floor', 'FD',
+           _CORE + ('log', 'calibrate'), floor='fd_floor'),
+    Metric('fd_floor', 'FD between two held-out real sets of the same size', 'FD',
+           ('table', 'study', 'log', 'calibrate')),
+    Metric('fd_n', 'samples behind the FD', 'count', ('study',)),
+    Metric('recognizable', 'recognizable share (digits classifier p >= 0.9)', 'share',
+           _CORE + ('log', 'calibrate'), floor='recognizable_real'),
+    Metric('recognizable_real', 'recognizable share of held-out real digits', 'share',
+           ('table', 'study', 'calibrate')),
+    Metric('precision', 'precision, k-NN manifold ({fd_space})', 'share', _CORE),
+    Metric('recall', 'recall, k-NN manifold ({fd_space})', 'share', _CORE),
+    Metric('pool_variance', 'sample variance: trace of covariance ([-1, 1])', 'variance',
+           ('curves',)),
+    Metric('train_variance', 'training-set variance: trace of covariance ([-1, 1])',
+           'variance'),
+    Metric('train_entropy_feat', 'training-set entropy (nats, {feature_space})', 'nats', _CORE),
+    Metric('gs_mse_feat', 'GS: MSE to nearest training image ({feature_space})', 'MSE', _CORE),
+    Metric('gs_l2_feat', 'GS: L2 to nearest training image ({feature_space})', 'L2'),
+    Metric('gs_digits', "GS: L2 to nearest training image (digits classifier's space)", 'L2',
+           ('study',)),
+    Metric('pool_entropy', 'pool entropy (nats, pixels 0-255)', 'nats'),
+    Metric('pool_entropy_dedup', 'pool entropy, duplicates removed', 'nats'),
+    Metric('train_duplicates', 'exact duplicates in the training set', 'count', _T),
+    Metric('pool_duplicates', 'exact duplicates in the pool', 'count', _T),
+    Metric('final_loss', "the generation's last training loss", 'loss', _T),
+    Metric('train_s', 'training wall time', 's', ('table', 'time')),
+    Metric('sample_s', 'pool sampling wall time', 's', ('table', 'time')),
+    Metric('eval_sample_s', 'evaluation sampling wall time', 's', ('time',)),
+    Metric('score_s', 'scoring wall time', 's', ('time',)),
+    Metric('select_s', "the selection's wall time (of this D_g)", 's', ('time',)),
+    # provenance: what was measured, in what space, how D_g was built
+    Metric('paradigm'), Metric('selection'), Metric('steps'), Metric('n_train'),
+    Metric('n_pool'), Metric('units'), Metric('how_built'), Metric('sampler'),
+    Metric('feature_space'), Metric('fd_space'), Metric('fd_reference'), Metric('fd_sample'),
+    Metric('feature_info'),
+)
+BY_KEY = {m.key: m for m in REGISTRY}
+
+
+def view(name: str) -> tuple:
+    """The keys a view shows, in registry order."""
+    return tuple(m.key for m in REGISTRY if name in m.views)

@@ -1,0 +1,252 @@
+"""The study's figures, table.md, results.json and results.csv, drawn from its finished runs
+(study.collect); `draw` is rerun by every `--mode=study` and may be called alone."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+
+from collapse_jax import files, layout, metrics, report, scoring
+from collapse_jax.study import collect, plan_of
+
+log = logging.getLogger('collapse_jax')
+
+KEYS = metrics.view('study')
+
+
+def _series(recs, key):
+    return np.array([[r['generation'], r[key]] for r in recs if r.get(key) is not None],
+                    np.float64).reshape(-1, 2)
+
+
+def _spread(runs, n, variant, key):
+    """generation -> (mean, min, max) over the seeds run at N = n."""
+    by_gen = {}
+    for (rn, _, v), recs in runs.items():
+        if rn == n and v == variant:
+            for g, val in _series(recs, key):
+                by_gen.setdefault(int(g), []).append(val)
+    gens = sorted(by_gen)
+    vals = [np.array(by_gen[g]) for g in gens]
+    return (np.array(gens), np.array([v.mean() for v in vals]),
+            np.array([v.min() for v in vals]), np.array([v.max() for v in vals]))
+
+
+def groups_of(variants):
+    """{'replace': [...], 'accumulate': [...]}: the variants that start from S_g alone (replace,
+    fresh) and those that keep earlier data (accumulate, accumulate_subsample), vanilla first."""
+    out = {}
+    for v in variants:
+        family = 'accumulate' if v.startswith('accumulate') else 'replace'
+        out.setdefault(family, []).append(v)
+    return {k: sorted(vs, key=lambda v: not v.endswith('/none')) for k, vs in out.items()}
+
+
+def baseline_of(variants):
+    """The vanilla variant the single-line figures follow: replace/none if the study runs it."""
+    return 'replace/none' if 'replace/none' in variants else variants[0]
+
+
+def table(runs, hn, groups, space, base='replace/none'):
+    """Markdown: the last generation of each variant at N = hn (mean over seeds, [min, max]),
+    and GS and entropy of the baseline for every N, first seed."""
+    def cell(v, key):
+        g, mean, lo, hi = _spread(runs, hn, v, key)
+        if not len(g):
+            return '', 'n/a'
+        fmt = '{:.4f}' if key in ('gs_mse', 'real_share', 'memorization') else '{:.1f}'
+        txt = fmt.format(mean[-1]) + (f' [{fmt.format(lo[-1])}, {fmt.format(hi[-1])}]'
+                                      if lo[-1] != hi[-1] else '')
+        return int(g[-1]), txt
+    seeds = sorted({s for n, s, _ in runs if n == hn})
+    out = [f'Last generation at N = {hn}, mean over seeds {seeds} [min, max]; GS is the MSE in '
+           f'pixels in [-1, 1], FD in the {space} space, entropy in nats (pixels 0-255).', '',
+           '| paradigm / selection | generation | GS (MSE) | FD | train entropy | real share '
+           '| memorization |', '|---|---|---|---|---|---|---|']
+    for v in [v for vs in groups.values() for v in vs]:
+        cells = [cell(v, k) for k in ('gs_mse', 'fd', 'train_entropy', 'real_share',
+                                      'memorization')]
+        out.append(f'| {v} | {cells[0][0]} | ' + ' | '.join(c[1] for c in cells) + ' |')
+    out += ['', f'{base}, first seed, every N: generation 0 -> last', '',
+            '| N | GS (MSE) | train entropy | FD |', '|---|---|---|---|']
+    for (n, s, v), recs in sorted(runs.items()):
+        if v == base and s == min(x[1] for x in runs if x[0] == n):
+            a, b = recs[0], recs[-1]
+            out.append(f"| {n} | {a['gs_mse']:.4f} -> {b['gs_mse']:.4f} | "
+                       f"{a['train_entropy']:.1f} -> {b['train_entropy']:.1f} | "
+                       f"{a['fd']:.1f} -> {b['fd']:.1f} |")
+    return '\n'.join(out) + '\n'
+
+
+def _finish(ax, title, fontsize=8):
+    ax.set_title(title, fontsize=fontsize)
+    report.generation_axis(ax, fontsize)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _by_n_figures(plt, runs, ns, seed0, base):
+    """GS and training-set entropy over generations for the baseline, one line per N."""
+    figs = {}
+    for key, title, name in [('gs_mse', 'GS (MSE, pixels in [-1, 1])', 'gs_by_n'),
+                             ('train_entropy', 'training-set entropy (nats, pixels 0-255)',
+                              'entropy_by_n')]:
+        fig, ax = plt.subplots(figsize=(4.6, 3.4))
+        for n in ns:
+            s = _series(runs.get((n, seed0, base), []), key)
+            if len(s):
+                ax.plot(s[:, 0], s[:, 1], marker='o', label=f'N = {n}')
+        _finish(ax, f'{title}, {base}')
+        figs[name] = fig
+    return figs
+
+
+def _log_of(key):
+    return lambda r: np.log(r[key]) if r.get(key) else None
+
+
+def _entropy_points(runs, keep, base, y=None):
+    """(entropy, y(record)) of every record of the variants `keep` accepts, y = log GS unless
+    given (records where y is None are left out); generation 0 is shared by a run's variants, so
+    it is counted once, from the baseline."""
+    y = y or _log_of('gs_mse')
+    pts = [(r['train_entropy'], y(r)) for (n, s, v), recs in runs.items() if keep(v)
+           for r in recs if r['generation'] > 0 or v == base]
+    return np.array([p for p in pts if p[1] is not None], np.float64).reshape(-1, 2)
+
+
+def _pearson_figure(plt, runs, ns, base, r):
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for n in ns:
+        p = np.array([(x['train_entropy'], np.log(x['gs_mse'])) for (rn, s, v), recs in
+                      runs.items() if v == base and rn == n for x in recs]).reshape(-1, 2)
+        ax.scatter(p[:, 0], p[:, 1], s=14, label=f'N = {n}')
+    ax.set_title(f'entropy vs log GS, {base}: Pearson r = {r:.3f} (paper: 0.91)', fontsize=8)
+    ax.set_xlabel('training-set entropy (nats)')
+    ax.set_ylabel('log GS (MSE)')
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _selection_figure(plt, runs, hn, groups, space, keys=('gs_mse', 'fd')):
+    """`keys` over generations, each family's variants at the headline N, seed band."""
+    fig, axes = plt.subplots(len(keys), len(groups), figsize=(4.5 * len(groups), 3.2 * len(keys)),
+                             squeeze=False)
+    for col, (family, variants) in enumerate(groups.items()):
+        for row, key in enumerate(keys):
+            ax = axes[row, col]
+            for v in variants:
+                g, mean, lo, hi = _spread(runs, hn, v, key)
+                if len(g):
+                    ax.plot(g, mean, marker='o', label=v)
+                    ax.fill_between(g, lo, hi, alpha=0.2)
+            what = metrics.BY_KEY[key].short or f'FD ({space})'
+            _finish(ax, f'{family}: {what}, N = {hn}, band = seeds min-max')
+    fig.tight_layout()
+    return fig
+
+
+def _real_share_figure(plt, runs, hn, variants):
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for v in variants:
+        if v.startswith('accumulate'):
+            g, mean, _, _ = _spread(runs, hn, v, 'real_share')
+            if len(g):
+                ax.plot(g, mean, marker='o', label=v)
+    _finish(ax, f'share of real images in the training set, N = {hn}')
+    return fig
+
+
+def _copy_nearest_grids(sd, hn, seed0, base):
+    """The baseline's nearest-neighbour grids, first and last generation (headline N)."""
+    rd = sd.run(hn, seed0, base)
+    gens = rd.generations()
+    for label, g in (('first', gens[:1]), ('last', gens[-1:])):
+        src = rd.gen(g[0]).file('nearest.png') if g else ''
+        if src and os.path.exists(src):
+            shutil.copyfile(src, sd.figure(f'nearest_{label}.png'))
+
+
+def _add_digits_gs(sd, runs, variants):
+    """Each record's GS in the digits classifier's space (mean L2 from S_g to its nearest D_g
+    image there), from the run's files: a GS that does not share the pixel entropy's geometry.
+    1-channel (digits) studies only."""
+    from collapse_jax import features
+    f = features.get('digits')
+    for (n, seed, v), recs in runs.items():
+        rd = sd.run(n, seed, variants[v])
+        for r in recs:
+            gd = rd.gen(r['generation'])
+            if 'gs_digits' not in r and os.path.exists(gd.file('pool.npy')):
+                r['gs_digits'] = scoring.generalization_score(
+                    f(gd.load_pool()[0]), f(gd.load_train_set().images), 'l2')
+
+
+def _cross_space_r(runs, base):
+    """Pearson r of the pixel-space entropy against log GS in the digits space and against
+    copy_z, over the baseline's records."""
+    def r_of(y):
+        return report.pearson(_entropy_points(runs, lambda v: v == base, base, y))
+    return dict(pearson_entropy_log_gs_digits=r_of(_log_of('gs_digits')),
+                pearson_entropy_copy_z=r_of(lambda r: r.get('copy_z')))
+
+
+def _write_results(sd, runs, results):
+    rows = [dict(n=n, seed=s, variant=v, generation=r['generation'],
+                 **{k: r.get(k) for k in KEYS}) for (n, s, v), recs in sorted(runs.items())
+            for r in recs]
+    files.save_json(sd.figure('results.json'), dict(results, rows=rows))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    files.atomic_write(sd.figure('results.csv'),
+                       lambda f: f.write(buf.getvalue().encode()))
+    return dict(results, rows=rows)
+
+
+def draw(cfg, workdir):
+    import matplotlib.pyplot as plt
+    p, sd = plan_of(cfg), layout.StudyDir(workdir)
+    runs = collect(p, workdir)
+    if not runs:
+        raise FileNotFoundError(f'{workdir}: no finished study runs to draw')
+    os.makedirs(sd.figures, exist_ok=True)
+    ns, hn, seed0, variants = sorted({k[0] for k in runs}), p.headline_n, p.seeds[0], p.labels()
+    base, groups = baseline_of(variants), groups_of(variants)
+    space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')
+    if cfg.data.channels == 1:
+        _add_digits_gs(sd, runs, {v.label: v for v in p.variants})
+    pts = _entropy_points(runs, lambda v: v == base, base)
+    pts_all = _entropy_points(runs, lambda v: True, base)
+    r = report.pearson(pts)
+    figs = _by_n_figures(plt, runs, ns, seed0, base)
+    figs['entropy_vs_log_gs'] = _pearson_figure(plt, runs, ns, base, r)
+    figs['selection_gs_fd'] = _selection_figure(plt, runs, hn, groups, space)
+    if any(r.get('copy_z') is not None for recs in runs.values() for r in recs):
+        figs['copying'] = _selection_figure(plt, runs, hn, groups, space,
+                                            ('memorization_calibrated', 'copy_auc',
+                                             'copy_share_q05', 'copy_z'))
+    if any(v.startswith('accumulate') for v in variants):
+        figs['real_share'] = _real_share_figure(plt, runs, hn, variants)
+    for name, fig in figs.items():
+        report.save_fig(sd.figure(f'{name}.png'), fig)
+    _copy_nearest_grids(sd, hn, seed0, {v.label: v for v in p.variants}[base])
+    files.atomic_write(sd.figure('table.md'),
+                       lambda f: f.write(table(runs, hn, groups, space, base).encode()))
+    results = _write_results(sd, runs, dict(
+        pearson_entropy_log_gs=r, pearson_points=int(len(pts)),
+        pearson_all_variants=report.pearson(pts_all), pearson_all_points=int(len(pts_all)),
+        paper_pearson=0.91, headline_n=hn, baseline=base, **_cross_space_r(runs, base)))
+    log.info('study figures in %s; Pearson r (entropy, log GS) = %.3f over %d points',
+             sd.figures, r, len(pts))
+    print(json.dumps(dict(figures=sd.figures, pearson_entropy_log_gs=r)))
+    return results
