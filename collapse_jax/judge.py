@@ -59,7 +59,8 @@ class Judge:
         test and calibrated), effective dimension and intensity; relative copying against H_g
         (`heldout`, from `draws`: {'S<i>': E_i} of generation g - 1's sources, None at g = 0);
         in the selection's feature space: entropy and GS; in the score space: FD (beside its
-        floor) and precision/recall of `sample` (E_g, or S_g if None), and recognizable."""
+        floor) and precision/recall of `sample` (E_g, or S_g if None), and recognizable; for digits
+        (1 channel), GS in the digits classifier's space (gs_digits)."""
         cfg, fz = self.cfg, self.featurize
         px, nn_idx = measure.pixel_measures(d_g.images, pool, cfg.score.k, cfg.score.mem_ratio,
                                             copy_threshold=self.copy_threshold(),
@@ -80,6 +81,9 @@ class Judge:
         rec.update(copying(pool, d_g.images, *self.heldout(g, draws)))
         rec.update(self.fidelity((pool if sample is None else sample)[:cfg.score.fd_n or None]))
         rec.update(measure.space_measures(fz(d_g.images), fz(pool), cfg.score.k))
+        if cfg.data.channels == 1:  # a GS that does not share the pixel entropy's geometry
+            dz = features.get('digits', cfg.features, cfg.features.batch_size)
+            rec['gs_digits'] = scoring.generalization_score(dz(pool), dz(d_g.images), 'l2')
         return rec, nn_idx
 
     def heldout(self, g, draws):

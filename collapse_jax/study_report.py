@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from collapse_jax import files, layout, metrics, report, scoring
+from collapse_jax import files, layout, metrics, report
 from collapse_jax.study import collect, plan_of
 
 log = logging.getLogger('collapse_jax')
@@ -175,21 +175,6 @@ def _copy_nearest_grids(sd, hn, seed0, base):
             shutil.copyfile(src, sd.figure(f'nearest_{label}.png'))
 
 
-def _add_digits_gs(sd, runs, variants):
-    """Each record's GS in the digits classifier's space (mean L2 from S_g to its nearest D_g
-    image there), from the run's files: a GS that does not share the pixel entropy's geometry.
-    1-channel (digits) studies only."""
-    from collapse_jax import features
-    f = features.get('digits')
-    for (n, seed, v), recs in runs.items():
-        rd = sd.run(n, seed, variants[v])
-        for r in recs:
-            gd = rd.gen(r['generation'])
-            if 'gs_digits' not in r and os.path.exists(gd.file('pool.npy')):
-                r['gs_digits'] = scoring.generalization_score(
-                    f(gd.load_pool()[0]), f(gd.load_train_set().images), 'l2')
-
-
 def _cross_space_r(runs, base):
     """Pearson r of the pixel-space entropy against log GS in the digits space and against
     copy_z, over the baseline's records."""
@@ -223,8 +208,6 @@ def draw(cfg, workdir):
     ns, hn, seed0, variants = sorted({k[0] for k in runs}), p.headline_n, p.seeds[0], p.labels()
     base, groups = baseline_of(variants), groups_of(variants)
     space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')
-    if cfg.data.channels == 1:
-        _add_digits_gs(sd, runs, {v.label: v for v in p.variants})
     pts = _entropy_points(runs, lambda v: v == base, base)
     pts_all = _entropy_points(runs, lambda v: True, base)
     r = report.pearson(pts)

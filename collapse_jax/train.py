@@ -36,7 +36,7 @@ def model_graph(cfg):
 
 def init_params(cfg):
     """The run's initial weights, from its own seed (streams 'init')."""
-    _, state = nnx.split(_make_model(cfg, streams.init_seed(cfg.seed)))
+    _, state = nnx.split(_make_model(cfg, streams.jax_key(cfg.seed, 'init')))
     return nnx.to_pure_dict(state)
 
 

@@ -165,6 +165,7 @@ class UNet(nnx.Module):
 
 
 def make_unet(preset, *, in_channels, layers_per_block=2, num_classes=0, dtype=None, seed=0):
+    """The preset's UNet; `seed` (an int or a JAX key) seeds nnx.Rngs for its weights."""
     if preset not in PRESETS:
         raise ValueError(f'model.preset={preset!r}; allowed: {", ".join(PRESETS)}')
     p = PRESETS[preset]

@@ -285,6 +285,17 @@ def test_train_steps_are_keyed_on_every_setting_they_compile(tmp_path, engine):
 
 
 @pytest.mark.slow
+def test_records_hold_exactly_the_registry_keys(uninterrupted):
+    """Every key a run writes is registered (metrics.py: title, unit, views), and every
+    registered key is written by a 1-channel run with an evaluation sample."""
+    from collapse_jax import files, metrics
+    recs = files.read_jsonl(str(uninterrupted[2] / 'metrics.jsonl'))
+    written = set().union(*recs)
+    assert written == set(metrics.BY_KEY), sorted(written ^ set(metrics.BY_KEY))
+    assert all(set(r) <= set(metrics.BY_KEY) for r in recs)
+
+
+@pytest.mark.slow
 def test_workdir_with_another_config_is_refused(tmp_path, engine):
     run_one(tiny(generations=1), str(tmp_path), engine)
     with pytest.raises(ValueError, match='loop.selection'):

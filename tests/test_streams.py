@@ -26,6 +26,27 @@ def test_jax_streams_differ_by_name_and_seed():
     assert bits(0, 'sample', 0) != bits(1, 'train', 0)  # sampling is not the next seed's training
 
 
+def test_initial_weights_draw_no_key_another_stream_uses():
+    """nnx.Rngs hands out fold_in(its key, i); from key(seed) those would be the train, sample
+    and eval roots. The weights come from the init stream, through train.init_params."""
+    from flax import nnx
+    from collapse_jax import train
+    from helpers import tiny
+    bits = lambda k: str(np.asarray(jax.random.key_data(k)).tolist())  # noqa: E731
+    roots = {bits(jax.random.fold_in(streams.jax_key(0, name, 0), 0)) for name in
+             ('train', 'sample', 'eval')} | {bits(jax.random.fold_in(jax.random.key(0), i))
+                                             for i in range(3)}
+    drawn = nnx.Rngs(streams.jax_key(0, 'init'))
+    assert not {bits(drawn.params()) for _ in range(50)} & roots
+    bare = nnx.Rngs(0)  # what the weights drew before: the train stream's root
+    assert bits(bare.params()) == bits(jax.random.fold_in(jax.random.key(0), 0))
+    cfg = tiny()
+    want = train._make_model(cfg, streams.jax_key(cfg.seed, 'init'))
+    got = train.init_params(cfg)
+    np.testing.assert_array_equal(jax.tree.leaves(got)[0],
+                                  jax.tree.leaves(nnx.to_pure_dict(nnx.state(want)))[0])
+
+
 def test_unknown_stream_or_wrong_index_is_an_error():
     with pytest.raises(ValueError, match="random stream 'noise'; allowed: "):
         streams.numpy_rng(0, 'noise')
