@@ -49,6 +49,10 @@ def dispatch():
         return
     if not FLAGS.workdir:
         sys.exit('error: --workdir is required')
+    if '://' in FLAGS.workdir:
+        sys.exit(f'error: --workdir={FLAGS.workdir}: object stores are not supported (checkpoints, '
+                 'pools and records are written with atomic renames); mount the bucket (e.g. '
+                 'gcsfuse) or use a local or network filesystem path')
     if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
         sys.exit(f'error: --workdir={FLAGS.workdir} is a file; give a directory (new or a run to '
                  'resume)')
@@ -69,9 +73,16 @@ def dispatch():
         sys.exit(f'error: --config={path}: no such file')
     cfg = FLAGS.config
     loop.check_top_level(cfg)  # cpu_devices takes effect only before JAX starts
+    import jax
     if cfg.cpu_devices:
-        import jax
         jax.config.update('jax_num_cpu_devices', cfg.cpu_devices)
+        if cfg.cpu_devices > 1:
+            pylogging.getLogger('collapse_jax').warning(
+                'cpu_devices=%d: XLA\'s CPU all-reduce has aborted or hung under heavy load from '
+                'other processes (README, cpu_devices); rerun the same command to resume',
+                cfg.cpu_devices)
+    if cfg.compilation_cache:  # every process, restart and variant reuses the compiled programs
+        jax.config.update('jax_compilation_cache_dir', os.path.expanduser(cfg.compilation_cache))
     if cfg.distributed:
         parallel.initialize()
     if FLAGS.mode == 'study':

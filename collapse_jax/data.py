@@ -48,10 +48,13 @@ def _tfds(name, split, data_dir):
     try:
         src = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
                                try_gcs=False)
-    except Exception as e:  # noqa: BLE001 - not prepared, unknown name, offline
-        raise ValueError(f'data.source={name!r} is not a prepared TFDS dataset under '
-                         f'data.data_dir={data_dir or "(TFDS default)"} and cannot be downloaded '
-                         f'here ({type(e).__name__}); {OFFLINE_HINT}') from None
+    except Exception as e:  # noqa: BLE001 - not prepared, TFRecord files, unknown name, offline
+        why = ' '.join(str(e).split())[:300]
+        raise ValueError(f'data.source={name!r}: TFDS could not open it under data.data_dir='
+                         f'{data_dir or "(TFDS default)"} ({type(e).__name__}: {why}). It is read '
+                         'with tfds.data_source, which needs ArrayRecord files: prepare it with '
+                         f'`tfds build {name} --data_dir=... --file_format=array_record` (the '
+                         f'default TFRecord cannot be read). {OFFLINE_HINT}') from None
     recs = [src[i] for i in range(len(src))]
     if not recs or 'image' not in recs[0]:
         raise ValueError(f'data.source={name!r}: TFDS records have no "image" feature')

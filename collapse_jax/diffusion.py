@@ -124,14 +124,15 @@ def make_sampler(graphdef, chain, *, shape, clip_x0=True, guidance=1.0, num_clas
         model = nnx.merge(graphdef, params)
         constrain = (lambda z: jax.lax.with_sharding_constraint(z, sharding)) if sharding else (
             lambda z: z)
-        x = constrain(jax.random.normal(jax.random.fold_in(key, steps), (labels.shape[0], *shape)))
+        x = constrain(jax.random.normal(jax.random.fold_in(key, steps), (labels.shape[0], *shape),
+                                        jnp.float32))
 
         def body(i, x):
             eps = eps_fn(model, x, c['t'][i], labels)
             x0 = (x - c['sqrt_1ma'][i] * eps) / c['sqrt_a'][i]
             if clip_x0:
                 x0 = jnp.clip(x0, -1.0, 1.0)
-            z = jax.random.normal(jax.random.fold_in(key, i), x.shape)
+            z = jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
             return constrain(c['c_x0'][i] * x0 + c['c_xt'][i] * x + c['std'][i] * z)
 
         x = jax.lax.fori_loop(0, steps, body, x)

@@ -45,6 +45,8 @@ def check_top_level(cfg) -> None:
     """The fields outside any section."""
     for field in ('seed', 'cpu_devices'):
         need(cfg[field] >= 0, f'{field}={cfg[field]}; must be >= 0')
+    need(not os.path.isfile(os.path.expanduser(cfg.compilation_cache)),
+         f"compilation_cache={cfg.compilation_cache!r} is a file; give a directory, or '' (off)")
     if cfg.sweep:  # the form here; each variant's paradigm and rule by its own validate
         layout.parse_variants(cfg.sweep)
 
@@ -59,7 +61,7 @@ def _barrier(name):
 # learning rate (the advice after a non-finite loss is to resume with a lower one), how the host
 # CPU is split, and the study section (which runs a study makes, not what one run does)
 RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr', 'cpu_devices',
-                     'study.')
+                     'study.', 'force_cpu', 'compilation_cache')
 
 
 def check_workdir_config(path, cfg_json):
@@ -119,6 +121,8 @@ def run(cfg, workdir, engine=None, later=0, progress=None):
     the generation-0 pool. `later`: generations the caller trains after this sweep (the ETA)."""
     variants = sweep_configs(cfg, workdir)
     engine, runs = engine or engine_lib.Engine(variants[0][1]), {}
+    engine_lib.check_cpu_budget(cfg, engine, engine_lib.work(cfg, [(cfg.data.n, [
+        v for v, _, _ in variants])]), 'this run')
     progress = progress or engine_lib.Progress()
     for i, (v, sub, rd) in enumerate(variants):
         if i and jax.process_index() == 0:
@@ -273,12 +277,15 @@ class Run:
         return records
 
     def score(self, g, d_g: layout.TrainSet, pool, times: dict) -> dict:
-        """The generation's record (judge.Judge.record), its pictures and its times."""
+        """The generation's record (judge.Judge.record), its pictures, its times and what ran it
+        (engine.runtime)."""
         cfg, t0 = self.cfg, time.time()
         draws = None if g == 0 or not cfg.score.eval_n else {
             s: self.eval_sample(int(s[1:]))
             for s in selection.source_names(cfg.loop.paradigm, g - 1) if s != 'real'}
         rec, nn_idx = self.judge.record(g, d_g, pool, self.eval_sample(g), draws)
+        rt = engine_lib.runtime(cfg)  # not the device count: 1 and 4 devices choose the same
+        rec.update({k: rt[k] for k in ('backend', 'device_kind', 'compute_dtype')})
         if self.writer:
             self._draw(g, d_g, pool, nn_idx)
         rec['score_s'] = time.time() - t0

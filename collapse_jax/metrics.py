@@ -100,6 +100,8 @@ REGISTRY = (
     Metric('n_pool'), Metric('units'), Metric('how_built'), Metric('sampler'),
     Metric('feature_space'), Metric('fd_space'), Metric('fd_reference'), Metric('fd_sample'),
     Metric('feature_info'),
+    # what ran it (engine.runtime): the UNet's dtype and the backend change the numbers
+    Metric('backend'), Metric('device_kind'), Metric('compute_dtype'),
 )
 BY_KEY = {m.key: m for m in REGISTRY}
 

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 
-from collapse_jax import layout, loop, selection
+from collapse_jax import layout, loop
 from collapse_jax import engine as engine_lib
 from collapse_jax.data import need
 
@@ -92,6 +92,7 @@ def run_study(cfg, workdir, engine=None):
     # every variant of every run validated before any work
     checked = [loop.sweep_configs(sub, '/unused') for _, _, sub in subs]
     engine = engine or engine_lib.Engine(checked[0][0][1])
+    engine_lib.check_cpu_budget(cfg, engine, cost(cfg), 'this study')
     # the generations each pass trains (for the ETA): generation 0 once per run, then G - 1 for
     # each variant an earlier pass of the same run has not run
     adds, seen = [], set()
@@ -109,25 +110,10 @@ def run_study(cfg, workdir, engine=None):
 
 
 def cost(cfg):
-    """The study's work: {'train_images': images through the train step, 'unet_evals': UNet
-    evaluations in the sampler} over every (N, seed) run, variant and generation. Generation 0
-    is trained and sampled once per run (a sweep shares it); a variant that keeps every
-    candidate of accumulate (accumulate:none) trains on the growing union. Divide by measured
-    rates (python -m collapse_jax.bench) for a time."""
-    from collapse_jax import train
-    lp, p = cfg.loop, plan_of(cfg)
-    evals_per_image = cfg.sample.steps * (2 if cfg.model.num_classes and cfg.sample.guidance != 1
-                                          else 1)
-    images = evals = 0
-    for n, seed in p.runs():
-        variants = p.variants_at(seed)
-        for g in range(lp.generations):
-            for v in (variants[:1] if g == 0 else variants):
-                grow = v.paradigm == 'accumulate' and selection.keeps_all(*v)
-                size = n * (1 + g * lp.pool_factor) if grow else n
-                images += train.total_steps(cfg, size) * cfg.train.batch_size
-                evals += (n * lp.pool_factor + cfg.score.eval_n) * evals_per_image
-    return dict(train_images=images, unet_evals=evals)
+    """The study's work (engine.work) over every (N, seed) run and its variants: {'train_images',
+    'unet_evals'}. Divide by measured rates (python -m collapse_jax.bench) for a time."""
+    p = plan_of(cfg)
+    return engine_lib.work(cfg, [(n, p.variants_at(seed)) for n, seed in p.runs()])
 
 
 def collect(p: Plan, workdir):

@@ -21,16 +21,29 @@ from collapse_jax import diffusion, parallel, streams, unet
 from collapse_jax.data import need
 
 
-def _make_model(cfg, seed):
+DTYPES = ('auto', 'float32', 'bfloat16')
+
+
+def compute_dtype(cfg, platform: str | None = None) -> str:
+    """model.dtype resolved for `platform` (default: the backend JAX runs on): 'auto' is bfloat16
+    on GPU and TPU (their matrix units' rate), float32 on the CPU (XLA:CPU's bf16 convolutions are
+    slow). Parameters, optimizer state and EMA stay float32 in every case."""
+    if cfg.model.dtype != 'auto':
+        return cfg.model.dtype
+    return 'float32' if (platform or jax.default_backend()) == 'cpu' else 'bfloat16'
+
+
+def _make_model(cfg, seed, platform=None):
     return unet.make_unet(cfg.model.preset, in_channels=cfg.data.channels,
                           layers_per_block=cfg.model.layers_per_block,
                           num_classes=cfg.model.num_classes,
-                          dtype=jnp.bfloat16 if cfg.model.dtype == 'bfloat16' else None, seed=seed)
+                          dtype=jnp.bfloat16 if compute_dtype(cfg, platform) == 'bfloat16' else None,
+                          seed=seed)
 
 
-def model_graph(cfg):
+def model_graph(cfg, platform: str | None = None):
     """The UNet's graph, with no weights made (every run supplies its own)."""
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: _make_model(cfg, 0)))
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: _make_model(cfg, 0, platform)))
     return graphdef
 
 
@@ -60,8 +73,7 @@ def check_config(cfg) -> None:
     need(m.layers_per_block >= 1, f'model.layers_per_block={m.layers_per_block}; must be >= 1')
     need(m.num_classes >= 0, f'model.num_classes={m.num_classes}; must be >= 0')
     need(0 <= m.label_dropout < 1, f'model.label_dropout={m.label_dropout}; allowed: 0 <= x < 1')
-    need(m.dtype in ('float32', 'bfloat16'),
-         f"model.dtype={m.dtype!r}; allowed: 'float32', 'bfloat16'")
+    need(m.dtype in DTYPES, f'model.dtype={m.dtype!r}; allowed: {", ".join(DTYPES)}')
     need(t.batch_size > 0, f'train.batch_size={t.batch_size}; must be > 0')
     parallel.check_divisible(t.batch_size, 'train.batch_size')
     need(t.steps > 0 or (t.steps == 0 and t.epochs > 0),

@@ -15,6 +15,13 @@ def get_config():
     # multi-core CPU, data parallelism over them beats XLA's intra-op threads for small UNets
     # (2 on 2 cores: 1.3x the train steps per second). No effect on GPU or TPU devices.
     c.cpu_devices = 0
+    # The CPU refuses a config projected at more than a day there (engine.check_cpu_budget: the
+    # run's training images and sampler evaluations at this CPU's measured matmul rate); True runs
+    # it anyway. Install the GPU or TPU jaxlib instead (README, "Install").
+    c.force_cpu = False
+    # XLA's persistent compilation cache, shared by every process, restart and study variant
+    # ('' = off). ~ is expanded.
+    c.compilation_cache = '~/.cache/collapse_jax/xla'
     # Run several (paradigm:selection) variants, each in <workdir>/<paradigm>_<selection>, and
     # draw them on shared axes; '' runs loop.paradigm / loop.selection in <workdir> itself.
     c.sweep = ''
@@ -33,7 +40,8 @@ def get_config():
     m.layers_per_block = 2          # resnets per down level (up levels get one more)
     m.num_classes = 0               # > 0: class-conditional with a null label for CFG
     m.label_dropout = 0.1           # CFG: share of training labels replaced by the null label
-    m.dtype = 'float32'             # compute dtype: 'float32' or 'bfloat16' (params stay f32)
+    m.dtype = 'auto'                # compute dtype: auto (bf16 on GPU/TPU, f32 on CPU), float32,
+                                    # bfloat16; params, optimizer state and EMA stay f32
 
     c.diffusion = f = ml_collections.ConfigDict()
     f.num_steps = 1000              # DDPM training steps T

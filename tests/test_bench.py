@@ -62,3 +62,28 @@ def test_projects_the_paper_scale_study_from_measured_rates():
     c = study.cost(study_cifar10.get_config())
     assert r['unit'] == 'hours' and r['train_images'] == c['train_images'] == 2_818_048_000
     assert r['value'] == pytest.approx((c['train_images'] / 200 + c['unet_evals'] / 60) / 3600)
+
+
+@pytest.mark.slow
+def test_device_bench_smoke_runs_every_row_and_writes_each_as_it_goes(tmp_path):
+    """The accelerator benchmark's own code at toy sizes on the CPU (4 faked devices): every row
+    in order, measured values, the greedy arithmetic compared, the peers' process reached."""
+    out = tmp_path / 'device.jsonl'
+    rows = bench.main(['--device', '--smoke', f'--out={out}'])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r['name'] for r in lines] == [r['name'] for r in rows]
+    names = [r['name'] for r in lines]
+    assert names[:4] == ['matmul 256^3 bfloat16', 'matmul 256^3 tf32', 'matmul 256^3 float32',
+                         'memory bandwidth (4 MiB read + written)']
+    assert [n for n in names if n.startswith('train step')] == [
+        f'train step tiny {d} batch=4 fed from {f}' for d in ('bfloat16', 'float32')
+        for f in ('host', 'device')]
+    assert len([n for n in names if n.startswith('sampler tiny')]) == 2
+    for r in lines[:-1]:  # ours: measured, and MFU against the measured matmul in (0, 1.5)
+        assert np.isfinite(r['value']) and r['value'] > 0, r
+        if r.get('mfu_measured') is not None:
+            assert 0 < r['mfu_measured'] < 1.5, r
+    g = next(r for r in lines if r['name'].startswith('greedy'))
+    assert g['picks_identical'] == g['picks'] == 64  # integer pixels: f32 is exact at d = 64
+    peers = [r for r in lines if r['name'].startswith('peer')]
+    assert peers and (peers[0]['name'] != 'peers' or 'not installed' in peers[0]['skipped'])

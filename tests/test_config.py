@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # One out-of-range value for every field validate() checks.
 OUT_OF_RANGE = {
-    'seed': -1, 'cpu_devices': -2, 'sweep': 'replace',
+    'seed': -1, 'cpu_devices': -2, 'sweep': 'replace', 'compilation_cache': __file__,
     'data.source': '', 'data.split': '', 'data.data_dir': '/no/such/dir', 'data.n': 1,
     'data.resolution': 0, 'data.channels': 2, 'data.resize': 'crop',
     'model.preset': 'UNet7', 'model.layers_per_block': 0, 'model.num_classes': -1,
@@ -34,7 +34,7 @@ OUT_OF_RANGE = {
     'features.dinov2': '/no/such.pth', 'features.batch_size': 0,
 }
 # Fields whose only wrong values are of the wrong type: ml_collections refuses them (locked types).
-TYPE_ONLY = {'distributed': 'yes', 'sample.clip_x0': 'no', 'train.ema': 1.5}
+TYPE_ONLY = {'distributed': 'yes', 'sample.clip_x0': 'no', 'train.ema': 1.5, 'force_cpu': 'no'}
 # Out of range only together with another field.
 NEEDS = {'loop.fresh_fraction': {'loop.paradigm': 'fresh'}}
 

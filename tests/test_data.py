@@ -65,6 +65,20 @@ def test_offline_tfds_name_fails_with_one_clear_line(tmp_path):
     assert "data.source='cifar10'" in msg and "'mnist5k'" in msg and '\n' not in msg
 
 
+def test_a_tfds_error_is_shown_with_the_array_record_advice(monkeypatch):
+    tfds = pytest.importorskip('tensorflow_datasets')
+
+    def tfrecord_only(*a, **k):  # what TFDS says of a dataset built in the default TFRecord
+        raise NotImplementedError('Random access data source for file format FileFormat.TFRECORD'
+                                  '\n is not supported.')
+    monkeypatch.setattr(tfds, 'data_source', tfrecord_only)
+    with pytest.raises(ValueError) as e:
+        data.read_source('tfds:cifar10', 'train', '/data/tfds')
+    msg = str(e.value)
+    assert 'NotImplementedError: Random access data source for file format FileFormat.TFRECORD ' \
+        'is not supported.' in msg and '--file_format=array_record' in msg and '\n' not in msg
+
+
 def test_missing_file_is_a_clear_error():
     with pytest.raises(ValueError, match='no such file'):
         data.read_source('/nonexistent/x.npy')

@@ -28,6 +28,33 @@ def test_bad_selection_is_one_line_and_nothing_is_written(tmp_path):
 
 
 @pytest.mark.slow
+def test_work_projected_past_a_day_on_the_cpu_is_refused_and_gs_is_refused(tmp_path):
+    p = run_main(tmp_path, '--config.train.steps=20000000')
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode != 0 and 'Traceback' not in p.stderr
+    assert last.startswith('error: this run is projected at') and 'hours on this CPU' in last
+    assert '--config.force_cpu=True' in last
+    assert 'backend cpu:' in p.stderr and 'compute dtype float32' in p.stderr  # the start line
+    assert not os.path.exists(tmp_path / 'run' / 'config.json')
+    p = subprocess.run([sys.executable, 'main.py', '--config=configs/quick_cpu.py',
+                        '--workdir=gs://bucket/run'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and 'object stores are not supported' in p.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_compiled_programs_go_to_the_persistent_cache(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    cache = tmp_path / 'xla'
+    p = subprocess.run([sys.executable, 'main.py', '--config=tests/tiny_config.py',
+                        f'--workdir={tmp_path}/run', '--config.loop.generations=1',
+                        f'--config.compilation_cache={cache}'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(os.listdir(cache)) >= 2  # at least the train step and the sampler
+
+
+@pytest.mark.slow
 def test_misspelled_override_is_rejected(tmp_path):
     p = run_main(tmp_path, '--config.loop.selction=greedy')
     assert p.returncode != 0 and 'Did you mean "selection"' in p.stderr

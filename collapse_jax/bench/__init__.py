@@ -1,4 +1,5 @@
 """The benchmark: python -m collapse_jax.bench [--quick] [--out=bench.jsonl] [--only=knn,greedy]
+(--device [--smoke]: the accelerator benchmark, bench/device.py)
 
 Measures on whatever device JAX finds, each beside its PyTorch / scikit-learn / faiss peer where
 that is installed (requirements-bench.txt), in one run so that ratios are side by side:
@@ -283,8 +284,19 @@ def main(argv=None):
     ap.add_argument('--only', default='roofline,knn,greedy,threshold,sampler,train',
                     help='comma-separated subset of: roofline, knn, greedy, threshold, sampler, '
                          'train')
-    ap.add_argument('--out', default='bench.jsonl', help='one JSON object per measurement')
+    ap.add_argument('--out', default='', help='one JSON object per measurement (default '
+                    'bench.jsonl, or bench_device.jsonl with --device)')
+    ap.add_argument('--device', action='store_true', help='the accelerator benchmark '
+                    '(bench/device.py): limits, UNet48 sampler and train step in bf16 and f32, '
+                    'kNN, greedy, and the torch peers in a second process')
+    ap.add_argument('--smoke', action='store_true', help='with --device: toy sizes (CPU)')
     args = ap.parse_args(argv)
+    if args.device:
+        from collapse_jax.bench import device
+        return device.main(args.out or 'bench_device.jsonl', smoke=args.smoke)
+    if args.smoke:
+        sys.exit('error: --smoke goes with --device')
+    args.out = args.out or 'bench.jsonl'
     parts = args.only.split(',')
     bad = sorted(set(parts) - {'roofline', 'knn', 'greedy', 'threshold', 'sampler', 'train'})
     if bad:

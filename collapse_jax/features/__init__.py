@@ -50,7 +50,12 @@ class Featurizer:
         self.name, self.info, self.batch_size = name, dict(info or {}), batch_size
         if model is not None:
             graphdef, self.state = nnx.split(model)
-            self._apply = jax.jit(lambda s, x: nnx.merge(graphdef, s)(type(model).preprocess(x)))
+            # float32 at full precision on every backend (GPUs would run TF32, TPUs bf16 passes),
+            # so FD, precision/recall and the picks mean the same wherever they are computed
+            def apply(s, x):
+                with jax.default_matmul_precision('highest'):
+                    return nnx.merge(graphdef, s)(type(model).preprocess(x))
+            self._apply = jax.jit(apply)
 
     def __call__(self, images):
         images = np.asarray(images)

@@ -1,0 +1,46 @@
+"""The TPU compile check: the paper's config compiled for a v5e slice on this CPU, with no TPU."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def aot(tmp_path, *args):
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    env.pop('XLA_FLAGS', None)  # the suite's 4 faked CPU devices are not the slice's
+    return subprocess.run([sys.executable, '-m', 'collapse_jax.aot', *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_an_unknown_chip_is_one_line(tmp_path):
+    p = aot(tmp_path, '--config=configs/cifar10_paper.py', '--topology=v9:2x2')
+    assert p.returncode != 0 and 'Traceback' not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: --topology='v9:2x2'; allowed")
+
+
+@pytest.mark.slow
+def test_the_paper_config_compiles_for_a_v5e_slice_and_fits(tmp_path):
+    path = os.environ.get('TPU_LIBRARY_PATH', '')
+    if not (os.path.exists(path) or importlib.util.find_spec('libtpu')):
+        pytest.skip('libtpu is not installed: pip install .[tpu], or set TPU_LIBRARY_PATH to a '
+                    'libtpu.so (.ci/run installs one)')
+    out = tmp_path / 'aot.json'
+    p = aot(tmp_path, '--config=configs/cifar10_paper.py', '--topology=v5e:2x2', '--only=train',
+            '--config.train.batch_size=128', f'--json={out}')
+    assert p.returncode == 0, p.stderr[-3000:]
+    print(p.stdout)
+    res = json.loads(out.read_text())
+    assert res['devices'] == 4 and res['device_kind'] == 'TPU v5 lite'
+    step = res['train step']
+    assert step['batch'] == 128 and step['batch_per_device'] == 32  # a quarter on each chip
+    assert 0 < step['memory']['total'] < 16 * 2 ** 30 == res['hbm_per_device']
+    # UNet48 at 32x32: about 1.0 GFLOP an evaluation (XLA's count of the lowered program), and a
+    # training image about 3x that (forward and backward)
+    assert res['flops_per_eval'] == pytest.approx(1.0e9, rel=0.05)
+    assert step['flops'] == pytest.approx(3 * 128 * res['flops_per_eval'], rel=0.15)
+    assert 'UNet evaluation: 1.02 GFLOP per image' in p.stdout
