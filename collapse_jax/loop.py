@@ -195,8 +195,8 @@ class Run:
                     records = self._add_record(records, rec)
                 d_g = None
                 if g < last and not self.dir.gen(g + 1).has_train_set():  # phase 3: select
-                    d_g = self.select(g)
-                    if self.writer:
+                    if self.writer:  # one selection for all hosts: the others read it
+                        d_g = self.select(g)
                         self.dir.gen(g + 1).save_train_set(d_g)
                     _barrier(f'training set {g + 1}')
                 if times is not None and not resumed:  # a whole generation, for the ETA

@@ -24,6 +24,19 @@ def recorded(path, write):
         f.write(os.fspath(path) + '\\n')
     return real(path, write)
 files.atomic_write = recorded
+if os.environ.get('TRAINSETS_LOG'):  # the images each generation trains on, by hash
+    import hashlib
+    from collapse_jax import engine
+    real_train = engine.Engine.train
+    def train(self, cfg, images, *a, **k):
+        with open(os.environ['TRAINSETS_LOG'], 'a') as f:
+            f.write(hashlib.sha256(images.tobytes()).hexdigest() + '\\n')
+        return real_train(self, cfg, images, *a, **k)
+    engine.Engine.train = train
+if os.environ.get('JAX_PROCESS_ID') == '1' and os.environ.get('PERTURB_FEATURES'):
+    from collapse_jax import features  # this process sees other features: its own selection
+    real_call = features.Featurizer.__call__  # would pick other rows
+    features.Featurizer.__call__ = lambda self, x: real_call(self, x)[::-1]
 sys.argv = ['main.py'] + sys.argv[1:]
 runpy.run_path('main.py', run_name='__main__')
 '''
@@ -35,13 +48,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(tmp_path, workdir, *overrides, tag='run'):
+def launch(tmp_path, workdir, *overrides, tag='run', **extra_env):
     port, procs = free_port(), []
     for pid in range(2):
         env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2',
                    XLA_FLAGS='--xla_backend_optimization_level=0',  # as conftest, minus devices
                    JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                   JAX_PROCESS_ID=str(pid), WRITES_LOG=str(tmp_path / f'{tag}_writes{pid}'))
+                   JAX_PROCESS_ID=str(pid), WRITES_LOG=str(tmp_path / f'{tag}_writes{pid}'),
+                   TRAINSETS_LOG=str(tmp_path / f'{tag}_trainsets{pid}'), **extra_env)
         log = open(tmp_path / f'{tag}_log{pid}', 'w')
         procs.append(subprocess.Popen(
             [sys.executable, '-c', RECORDING, '--config=tests/tiny_config.py',
@@ -66,10 +80,12 @@ def reaped():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_and_only_process_zero_writes(tmp_path, uninterrupted,
-                                                                      reaped):
+def test_two_processes_match_one_process_and_only_process_zero_writes_and_selects(
+        tmp_path, uninterrupted, reaped):
     cfg, want, one_dir = uninterrupted  # tiny replace/threshold, 1 process x 4 devices
-    procs = launch(tmp_path, tmp_path / 'run')
+    # process 1's featurizer returns its rows reversed: were it to select for itself, it would
+    # train on another D_1 (and the shared losses would drift from the 1-process run)
+    procs = launch(tmp_path, tmp_path / 'run', PERTURB_FEATURES='1')
     reaped += procs
     for p in procs:
         assert p.wait(timeout=600) == 0, read(tmp_path / 'run_log0')[-3000:]
@@ -82,6 +98,8 @@ def test_two_processes_match_one_process_and_only_process_zero_writes(tmp_path, 
         for name in ('train_index.npy', 'train_source.npy'):
             np.testing.assert_array_equal(np.load(tmp_path / 'run' / f'gen_00{g}' / name),
                                           np.load(one_dir / f'gen_00{g}' / name))
+    sets = [read(tmp_path / f'run_trainsets{i}').split() for i in range(2)]
+    assert len(sets[0]) == 2 and sets[0] == sets[1]  # one selection for all hosts
     writes = [read(tmp_path / f'run_writes{i}').split() for i in range(2)]
     assert writes[1] == []  # process 1 wrote nothing
     assert len(writes[0]) == len(set(writes[0])) or all(  # each file once (logs rewrite)
