@@ -140,8 +140,9 @@ def knn_program(cfg, one) -> dict:
     from collapse_jax import parallel, scoring
     n, d, s1 = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels, parallel.replicated(one)
     pool = n * cfg.loop.pool_factor
-    compiled = scoring.knn.lower(jax.ShapeDtypeStruct((pool, d), jnp.float32, sharding=s1),
-                                 jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=s1)).compile()
+    compiled = scoring._knn.lower(jax.ShapeDtypeStruct((pool, d), jnp.float32, sharding=s1),
+                                  jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=s1),
+                                  0).compile()
     return dict(memory=memory(compiled), queries=pool, refs=n, dim=d)
 
 

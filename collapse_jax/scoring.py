@@ -7,6 +7,7 @@ loses them to cancellation). Self-matches are excluded by index, never by sort p
 """
 from __future__ import annotations
 
+import functools
 import math
 from functools import partial
 
@@ -22,14 +23,50 @@ def _pad_rows(x, multiple):
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
 
-@partial(jax.jit, static_argnames=('k', 'exclude_self', 'block_q', 'block_r'))
+def _devices(devices):
+    """The devices a scorer call splits its queries over: this process's own, by default (each
+    process scores on its own devices; nothing crosses hosts)."""
+    return tuple(jax.local_devices() if devices is None else devices)
+
+
 def knn(queries, refs, k: int = 1, exclude_self: bool = False, block_q: int = 512,
-        block_r: int = 2048):
+        block_r: int = 2048, devices=None):
     """Exact k nearest references of each query: (squared distances [nq, k] ascending, indices).
 
-    `exclude_self` (queries is refs) drops each point's own index from its neighbours.
-    """
-    queries, refs = jnp.asarray(queries, jnp.float32), jnp.asarray(refs, jnp.float32)
+    `exclude_self` (queries is refs) drops each point's own index from its neighbours. The
+    queries are split over `devices` (default: every local device), the references replicated;
+    each query's arithmetic is the same on 1 device or many. uint8 inputs travel as uint8 and
+    become float32 on the device."""
+    devices = _devices(devices)
+    if len(devices) == 1:
+        return _knn(queries, refs, 0, k, exclude_self, block_q, block_r)
+    queries = np.asarray(queries)
+    nq, n_dev = queries.shape[0], len(devices)
+    per = -(-nq // n_dev)
+    q = np.concatenate([queries, np.zeros((per * n_dev - nq,) + queries.shape[1:],
+                                          queries.dtype)])
+    d, i = _sharded(devices, k, exclude_self, block_q, block_r)(q, np.asarray(refs))
+    return d[:nq], i[:nq]
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded(devices, k, exclude_self, block_q, block_r):
+    from jax.sharding import Mesh, PartitionSpec as P
+    mesh = Mesh(np.asarray(devices), ('q',))
+
+    def local(q, r):  # this device's queries, numbered from its first global row
+        offset = jax.lax.axis_index('q') * q.shape[0]
+        return _knn(q, r, offset, k, exclude_self, block_q, block_r)
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P('q'), P()),
+                                 out_specs=(P('q'), P('q')), check_vma=False))
+
+
+@partial(jax.jit, static_argnames=('k', 'exclude_self', 'block_q', 'block_r'))
+def _knn(queries, refs, q_offset, k: int = 1, exclude_self: bool = False, block_q: int = 512,
+         block_r: int = 2048):
+    """knn on one device; `q_offset` numbers the queries from there (exclude_self)."""
+    queries = jnp.asarray(queries).astype(jnp.float32)
+    refs = jnp.asarray(refs).astype(jnp.float32)
     nq, nr = queries.shape[0], refs.shape[0]
     kc = min(k + 1, nr - int(exclude_self))  # one spare candidate guards against near-ties
     if kc < k:
@@ -44,7 +81,7 @@ def knn(queries, refs, k: int = 1, exclude_self: bool = False, block_q: int = 51
     def one_query_block(args):
         qb, q0 = args
         qn = jnp.sum(qb * qb, axis=1)
-        qidx = q0 + jnp.arange(block_q)
+        qidx = q_offset + q0 + jnp.arange(block_q)
 
         def scan_refs(carry, blk):
             best_d, best_i = carry
@@ -72,12 +109,20 @@ def knn(queries, refs, k: int = 1, exclude_self: bool = False, block_q: int = 51
     return d.reshape(-1, k)[:nq], i.reshape(-1, k)[:nq]
 
 
+def self_knn(x, k: int = 1, block: int = 1024, devices=None):
+    """knn(x, x, k, exclude_self=True). On one device at half the arithmetic (`_self_knn`); on
+    several, the queries split over them (each device does 1/D of the full product)."""
+    devices = _devices(devices)
+    if len(devices) == 1:
+        return _self_knn(x, k, block)
+    return knn(x, x, k, exclude_self=True, devices=devices)
+
+
 @partial(jax.jit, static_argnames=('k', 'block'))
-def self_knn(x, k: int = 1, block: int = 1024):
-    """knn(x, x, k, exclude_self=True) at half the arithmetic: the distance matrix is symmetric,
-    so each pair of blocks (I <= J) is multiplied once and serves the rows of I and of J.
-    Same candidates-then-exact-recompute scheme as `knn`."""
-    x = jnp.asarray(x, jnp.float32)
+def _self_knn(x, k: int = 1, block: int = 1024):
+    """The distance matrix is symmetric, so each pair of blocks (I <= J) is multiplied once and
+    serves the rows of I and of J. Same candidates-then-exact-recompute scheme as `knn`."""
+    x = jnp.asarray(x).astype(jnp.float32)
     n, dim = x.shape
     kc = min(k + 1, n - 1)
     if kc < k:
@@ -124,7 +169,8 @@ def _flat(x):
     x = np.asarray(x)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f'expected a non-empty array [n, ...], got shape {x.shape}')
-    return x.reshape(x.shape[0], -1).astype(np.float32)
+    x = x.reshape(x.shape[0], -1)
+    return x if x.dtype == np.uint8 else x.astype(np.float32)  # uint8 ships as is (4x fewer bytes)
 
 
 def unique_rows(x) -> np.ndarray:

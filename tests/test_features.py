@@ -291,3 +291,17 @@ def test_train_digits_command_writes_an_accurate_classifier(tmp_path):
     assert rec['heldout_accuracy'] >= 0.95 and rec['sha256'] == F.sha256(out)
     model, acc = F.digits_classifier(out)
     assert acc == pytest.approx(rec['heldout_accuracy'])
+
+
+def test_features_on_one_and_four_devices_agree():
+    """A batch split over the 4 (faked) devices gives the features of one device (the same
+    network per image; only XLA's choice of kernels for 16 against 64 images may move the last
+    bits), and ragged inputs keep their length."""
+    import jax
+    model, _ = F.digits_classifier()
+    images = np.random.default_rng(3).integers(0, 256, (150, 16, 16, 1), dtype=np.uint8)
+    devs = jax.local_devices()
+    one = F.Featurizer('digits', model, 64, devices=devs[:1])(images)
+    four = F.Featurizer('digits', model, 64, devices=devs)(images)
+    assert one.shape == four.shape == (150, 128) and np.abs(one).max() > 0
+    np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-5)

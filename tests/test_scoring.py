@@ -208,3 +208,32 @@ def test_copy_shares_sit_at_their_null_for_fresh_draws_and_rise_for_copies():
     copies = train[rng.choice(300, 500)] + 0.05 * rng.normal(size=(500, 6))
     copied = scoring.copy_statistics(scoring.nearest_train(copies, train)[1], d_held)
     assert copied['copy_share_q01'] > 0.9 and copied['copy_auc'] < 0.05
+
+
+def test_one_and_four_devices_give_the_same_neighbours_and_measures(monkeypatch):
+    """The queries split over the 4 (faked) devices: the same neighbours and distances as on one,
+    and the same entropy, GS, memorization and precision/recall built on them."""
+    import jax
+    devs = jax.local_devices()
+    assert len(devs) == 4
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (203, 48), dtype=np.uint8)
+    q = rng.integers(0, 256, (101, 48), dtype=np.uint8)
+    for a, b, k, ex in [(q, x, 1, False), (q, x, 3, False), (x, x, 2, True)]:
+        d1, i1 = scoring.knn(a, b, k=k, exclude_self=ex, devices=devs[:1])
+        d4, i4 = scoring.knn(a, b, k=k, exclude_self=ex, devices=devs)
+        np.testing.assert_array_equal(np.asarray(i4), np.asarray(i1))
+        np.testing.assert_array_equal(np.asarray(d4), np.asarray(d1))
+        bd, bi = brute_knn(a.astype(np.float32), b.astype(np.float32), k, ex)
+        np.testing.assert_array_equal(np.asarray(i4), bi)
+    s1, j1 = scoring.self_knn(x, k=2, devices=devs[:1])  # the symmetric one-device path
+    s4, j4 = scoring.self_knn(x, k=2, devices=devs)
+    np.testing.assert_array_equal(np.asarray(j4), np.asarray(j1))
+    np.testing.assert_array_equal(np.asarray(s4), np.asarray(s1))
+
+    def measures():
+        return (scoring.knn_entropy(x), scoring.generalization_score(q, x, 'mse'),
+                scoring.memorization_fraction(q, x), scoring.precision_recall(x, q, k=3))
+    four = measures()
+    monkeypatch.setattr(scoring, '_devices', lambda devices: tuple(devs[:1]))
+    assert measures() == four

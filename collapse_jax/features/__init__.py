@@ -44,18 +44,29 @@ def pixel(images: np.ndarray) -> np.ndarray:
 
 class Featurizer:
     """images (uint8 [n, h, w, c]) -> float32 [n, d] through one compiled network call per fixed
-    batch (the last batch padded), so every generation reuses one compilation."""
+    batch (the last batch padded), so every generation reuses one compilation. Each batch is
+    split over `devices` (default: every local device, when the batch divides among them), and
+    the batches are dispatched back to back with one transfer to the host at the end."""
 
-    def __init__(self, name, model=None, batch_size=64, info=None):
+    def __init__(self, name, model=None, batch_size=64, info=None, devices=None):
         self.name, self.info, self.batch_size = name, dict(info or {}), batch_size
-        if model is not None:
-            graphdef, self.state = nnx.split(model)
-            # float32 at full precision on every backend (GPUs would run TF32, TPUs bf16 passes),
-            # so FD, precision/recall and the picks mean the same wherever they are computed
-            def apply(s, x):
-                with jax.default_matmul_precision('highest'):
-                    return nnx.merge(graphdef, s)(type(model).preprocess(x))
-            self._apply = jax.jit(apply)
+        if model is None:
+            return
+        graphdef, state = nnx.split(model)
+        devices = list(jax.local_devices() if devices is None else devices)
+        if batch_size % len(devices):
+            devices = devices[:1]
+        mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+        self.state = jax.device_put(state, rep)
+
+        # float32 at full precision on every backend (GPUs would run TF32, TPUs bf16 passes),
+        # so FD, precision/recall and the picks mean the same wherever they are computed
+        def apply(s, x):
+            with jax.default_matmul_precision('highest'):
+                return nnx.merge(graphdef, s)(type(model).preprocess(x))
+        self._apply = jax.jit(apply, in_shardings=(rep, data), out_shardings=data)
 
     def __call__(self, images):
         images = np.asarray(images)
@@ -65,9 +76,10 @@ class Featurizer:
         for i in range(0, len(images), b):
             chunk = images[i:i + b]
             pad = np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)
-            out.append(np.asarray(self._apply(self.state, np.concatenate([chunk, pad])))[
-                :len(chunk)])
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+            out.append(self._apply(self.state, np.concatenate([chunk, pad])))
+        if not out:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(jax.device_get(out))[:len(images)].astype(np.float32)
 
 
 def check(name, weights=None):
