@@ -12,8 +12,8 @@ the config's sizes and shardings and compiled by the TPU compiler for them:
                feature space, float32 (the TPU's arithmetic), on one device
 For each it prints the bytes per device (arguments, temporaries, outputs, less donated buffers)
 against the chip's HBM, and FLOPs: per train step and per UNet evaluation of one image (XLA's
-analysis: the compiled train step's, and the lowered UNet's), and the run's (or the study's) projected hours on the slice at
---mfu of its bf16 peak. --json writes the same as one object.
+analysis: the compiled train step's, and the lowered UNet's), and the run's (or the study's)
+projected hours on the slice at --mfu of its bf16 peak. --json writes the same as one object.
 """
 from __future__ import annotations
 
@@ -157,9 +157,9 @@ def greedy_program(cfg, one) -> dict:
         v.paradigm, cfg.loop.generations - 2, n, pool, np.random.default_rng(0)))
         for v in variants) if cfg.loop.generations > 1 else pool
     fd = FEATURE_DIMS.get(cfg.loop.feature_space, d)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=s1)
     compiled = selection._greedy.lower(
-        jax.ShapeDtypeStruct((m, fd), jnp.float32, sharding=s1), n,
-        jax.ShapeDtypeStruct((), jnp.int32, sharding=s1)).compile()
+        jax.ShapeDtypeStruct((m, fd), jnp.float32, sharding=s1), n, scalar, scalar).compile()
     return dict(memory=memory(compiled), candidates=m, picks=n, dim=fd)
 
 

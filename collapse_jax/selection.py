@@ -22,8 +22,22 @@ SELECTIONS = ('none', 'random', 'greedy', 'threshold')
 PARADIGMS = ('replace', 'accumulate', 'accumulate_subsample', 'fresh')
 
 
+def _place(x, dtype, devices):
+    """Candidates on the device(s): rows split over `devices` (default: every local device; XLA
+    partitions the distance products and reductions), padded with zero rows to a multiple of
+    their count. The rules never pick a padded row."""
+    devices = tuple(jax.local_devices() if devices is None else devices)
+    x = jnp.asarray(x).astype(dtype)  # uint8 ships as uint8
+    if len(devices) == 1:
+        return x
+    pad = (-x.shape[0]) % len(devices)
+    x = jnp.pad(x, ((0, pad), (0, 0)))
+    mesh = jax.sharding.Mesh(np.asarray(devices), ('c',))
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('c')))
+
+
 @partial(jax.jit, static_argnames=('n', 'block', 'top'))
-def _greedy(x, n, first, block: int = 32, top: int = 32):
+def _greedy(x, n, first, valid, block: int = 32, top: int = 32):
     """Farthest-point traversal with lazy updates. The exact rule needs each pick's distance to
     every point, an n x d pass per pick that memory bandwidth bounds. Instead, every point keeps
     an upper bound `ub` of its distance to the chosen set (exact up to the last full update);
@@ -32,7 +46,7 @@ def _greedy(x, n, first, block: int = 32, top: int = 32):
     against the pending picks; if the best refreshed value beats the top-th bound, it beats
     every other point's true value too, so it is the exact argmax. Otherwise a full update runs
     now and the argmax is taken directly. Same picks as the plain loop, ties to the lowest index.
-    x: float64 [m, d] (under enable_x64)."""
+    x: float64 [m, d] (under enable_x64); rows from `valid` on are padding, never picked."""
     m = x.shape[0]
     top = min(top, m)
     sq = jnp.sum(x * x, axis=1)
@@ -69,6 +83,7 @@ def _greedy(x, n, first, block: int = 32, top: int = 32):
                     np=s['np'] + 1)
 
     ub0 = jnp.maximum(sq + sq[first] - 2.0 * jnp.matmul(x, x[first], precision=HIGHEST), 0.0)
+    ub0 = jnp.where(jnp.arange(m) < valid, ub0, -1.0)
     s = dict(ub=ub0.at[first].set(-1.0), picks=jnp.zeros((n,), jnp.int32).at[0].set(first),
              pend=jnp.zeros((block, x.shape[1]), x.dtype), pend_sq=jnp.zeros((block,), x.dtype),
              np=jnp.int32(0))
@@ -81,15 +96,23 @@ def _exact_dtype():
     return jnp.float32 if jax.default_backend() == 'tpu' else jnp.float64
 
 
-def greedy_select(features, n: int, first: int = 0) -> np.ndarray:
+def arithmetic() -> str:
+    """What the selection rules compute distances in here, for the record."""
+    return ('float64: exact on integer pixels' if _exact_dtype() == jnp.float64 else
+            'float32: squared pixel distances above 2^24 are rounded, near-ties may flip')
+
+
+def greedy_select(features, n: int, first: int = 0, devices=None) -> np.ndarray:
     """Farthest-point selection: start at `first`, then repeatedly add the candidate farthest from
-    its nearest chosen one. Returns the n indices in the order chosen (ties: lowest index)."""
+    its nearest chosen one. Returns the n indices in the order chosen (ties: lowest index). The
+    candidates are split over `devices` (default: every local device): the same picks."""
     x = np.asarray(features).reshape(len(features), -1)
     if not 1 <= n <= x.shape[0]:
         raise ValueError(f'greedy_select: n={n}; allowed 1..{x.shape[0]}')
     dtype = _exact_dtype()
     with jax.enable_x64(dtype == jnp.float64):
-        return np.asarray(_greedy(jnp.asarray(x, dtype), n, jnp.int32(first)))
+        return np.asarray(_greedy(_place(x, dtype, devices), n, jnp.int32(first),
+                                  jnp.int32(len(x))))
 
 
 @partial(jax.jit, static_argnames=('n', 'block'))
@@ -125,7 +148,7 @@ def _threshold(x, order, n, tau, decay, block: int = 32):
                  np=s['np'] + accept.astype(jnp.int32),
                  count=s['count'] + accept.astype(jnp.int32))
         s = jax.lax.cond(s['np'] == block, flush, lambda s: s, s)
-        end_of_pass = s['pos'] == m - 1  # a whole pass without reaching n: lower the threshold
+        end_of_pass = s['pos'] == len(order) - 1  # a whole pass short of n: lower the threshold
         return dict(s, pos=jnp.where(end_of_pass, 0, s['pos'] + 1),
                     tau=jnp.where(end_of_pass, s['tau'] * decay, s['tau']),
                     passes=s['passes'] + end_of_pass.astype(jnp.int32))
@@ -140,7 +163,7 @@ def _threshold(x, order, n, tau, decay, block: int = 32):
 
 
 def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
-                     return_info: bool = False):
+                     return_info: bool = False, devices=None):
     """Threshold-decay filter: visit candidates in a seeded random order and accept one when its
     distance to every accepted one exceeds tau; after each pass that leaves fewer than n accepted,
     tau <- decay * tau and the next pass continues (accepted points stay accepted: they are still
@@ -157,7 +180,7 @@ def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
     order = jnp.asarray(np.random.default_rng(seed).permutation(x.shape[0]), jnp.int32)
     dtype = _exact_dtype()
     with jax.enable_x64(dtype == jnp.float64):
-        picks, final_tau, passes = _threshold(jnp.asarray(x, dtype), order, n, tau, decay)
+        picks, final_tau, passes = _threshold(_place(x, dtype, devices), order, n, tau, decay)
         picks, final_tau, passes = np.asarray(picks), float(final_tau), int(passes)
     return (picks, dict(final_tau=final_tau, passes=passes + 1)) if return_info \
         else picks
@@ -245,6 +268,8 @@ def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: 
                              for s, rows in cands])
     index = np.concatenate([rows for _, rows in cands])
     info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(images)))
+    if lp.selection in ('greedy', 'threshold'):
+        info['arithmetic'] = arithmetic()
     if not keeps_all(lp.paradigm, lp.selection):
         need(len(images) >= want, f'loop.pool_factor={lp.pool_factor}: {len(images)} candidates '
              f'cannot yield {want} images')

@@ -232,3 +232,19 @@ def test_heldout_replicas_are_a_null_for_a_model_of_its_training_law(rule):
     assert np.mean(aucs) == pytest.approx(0.5, abs=0.025)
     assert np.mean(shares) == pytest.approx(0.05, abs=0.02)
     assert np.mean(pool_law) < 0.45
+
+
+def test_one_and_four_devices_pick_the_same():
+    """Candidates split over the 4 (faked) devices (a row count that needs padding): the same
+    greedy and threshold picks as on one device, and as the plain rule."""
+    import jax
+    devs = jax.local_devices()
+    assert len(devs) == 4
+    x = np.random.default_rng(9).integers(0, 256, (203, 24), dtype=np.uint8)
+    one = greedy_select(x, 60, first=5, devices=devs[:1])
+    np.testing.assert_array_equal(greedy_select(x, 60, first=5, devices=devs), one)
+    np.testing.assert_array_equal(one, naive_greedy(x.astype(np.int64), 60, 5))
+    a = selection.threshold_select(x, 50, 900.0, 0.9, seed=3, return_info=True, devices=devs[:1])
+    b = selection.threshold_select(x, 50, 900.0, 0.9, seed=3, return_info=True, devices=devs)
+    np.testing.assert_array_equal(b[0], a[0])
+    assert b[1] == a[1] and a[1]['passes'] > 1

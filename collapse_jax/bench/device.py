@@ -15,8 +15,8 @@ cut short keeps what it measured):
            diffusers' DDPMPipeline loop in fp32 and bf16, a torch train step with bf16 autocast
            and fused AdamW, torch blocked-matmul kNN (faiss-gpu if installed); then a ratio row
            (ours over the peer's speed) for each pair
---smoke runs the same code at toy sizes (the `tiny` UNet at 8x8, one batch size), so it is known to work on the
-CPU before it meets a GPU (tests/test_bench.py).
+--smoke runs the same code at toy sizes (the `tiny` UNet at 8x8, one batch size), so it is
+known to work on the CPU before it meets a GPU (tests/test_bench.py).
 """
 from __future__ import annotations
 
@@ -36,10 +36,12 @@ from collapse_jax import files
 SPEC = {'NVIDIA H200': dict(bfloat16=989e12, tf32=494e12, float32=67e12, hbm=4.8e12),
         'NVIDIA H100 80GB HBM3': dict(bfloat16=989e12, tf32=494e12, float32=67e12, hbm=3.35e12),
         'NVIDIA A100-SXM4-80GB': dict(bfloat16=312e12, tf32=156e12, float32=19.5e12, hbm=2.0e12),
-        'TPU v5 lite': dict(bfloat16=197e12, hbm=819e9), 'TPU v5': dict(bfloat16=459e12, hbm=2.8e12),
+        'TPU v5 lite': dict(bfloat16=197e12, hbm=819e9),
+        'TPU v5': dict(bfloat16=459e12, hbm=2.8e12),
         'TPU v4': dict(bfloat16=275e12, hbm=1.2e12)}
 SIZES = {
-    'device': dict(preset='UNet48', res=32, matmul=8192, bw_elems=2 ** 28, sample_batches=(256, 1024),
+    'device': dict(preset='UNet48', res=32, matmul=8192, bw_elems=2 ** 28,
+                   sample_batches=(256, 1024),
                    sample_steps=20, train_batches=(128, 512), train_steps=20, knn_n=16384,
                    knn_d=3072, greedy_m=16384, greedy_n=8192, greedy_d=3072, evals=1.0e9),
     'smoke': dict(preset='tiny', res=8, matmul=256, bw_elems=2 ** 20, sample_batches=(4,),
@@ -194,8 +196,9 @@ def greedy(rows, z):
     for name, dtype in (('float64', jnp.float64), ('float32', jnp.float32)):
         with jax.enable_x64(dtype == jnp.float64):
             xd = jnp.asarray(x, dtype)
-            times[name], _ = timed(lambda: selection._greedy(xd, n, jnp.int32(0)), 1)
-            picks[name] = np.asarray(selection._greedy(xd, n, jnp.int32(0)))
+            run = lambda: selection._greedy(xd, n, jnp.int32(0), jnp.int32(m))  # noqa: E731
+            times[name], _ = timed(run, 1)
+            picks[name] = np.asarray(run())
     rows.add(f'greedy {n} of {m} d={d} float64', times['float64'], 's',
              float32_s=times['float32'], picks_identical=int(np.sum(picks['float64'] ==
                                                                     picks['float32'])),
