@@ -6,13 +6,20 @@ phases and writes; calibrate and the study use the same object.
 from __future__ import annotations
 
 import numpy as np
+import jax
+import jax.numpy as jnp
 
 from collapse_jax import data, features, measure, scoring, selection, streams
 
 
 def pixel_variance(images) -> float:
-    """Trace of the pixel covariance, pixels in [-1, 1]."""
-    return float(np.sum(np.var(features.pixel(images) / data.PM1, axis=0)))
+    """Trace of the pixel covariance, pixels in [-1, 1]; on the device in float32."""
+    return float(_pixel_variance(jnp.asarray(features.pixel(images))))
+
+
+@jax.jit
+def _pixel_variance(x):
+    return jnp.sum(jnp.var(x.astype(jnp.float32) / data.PM1, axis=0))
 
 
 def copying(sample, train, held, what) -> dict:

@@ -353,9 +353,16 @@ def copy_statistics(d_gen, d_held) -> dict:
 
 def participation_ratio(x) -> float:
     """Effective dimension (sum l)^2 / sum l^2 of the covariance eigenvalues l of the rows of x:
-    (tr C)^2 / ||C||_F^2, from the Gram matrix of the centred rows (cheap when n < d)."""
-    x = _flat(x).astype(np.float64)
-    x = x - x.mean(0)
-    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x  # same nonzero spectrum as C
-    tr = np.trace(gram)
-    return float(tr ** 2 / np.sum(gram * gram)) if tr > 0 else 0.0
+    (tr C)^2 / ||C||_F^2, from the Gram matrix of the centred rows (cheap when n < d). On the
+    device in float32 (uint8 shipped as is): no float64 copy of the set on the host."""
+    return float(_participation_ratio(jnp.asarray(_flat(x))))
+
+
+@jax.jit
+def _participation_ratio(x):
+    x = x.astype(jnp.float32)
+    x = x - jnp.mean(x, axis=0)
+    gram = (jnp.matmul(x, x.T, precision=HIGHEST) if x.shape[0] < x.shape[1] else
+            jnp.matmul(x.T, x, precision=HIGHEST))  # the same nonzero spectrum as C
+    tr = jnp.trace(gram)
+    return jnp.where(tr > 0, tr ** 2 / jnp.sum(gram * gram), 0.0)

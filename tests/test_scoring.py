@@ -177,7 +177,7 @@ def test_participation_ratio_of_a_known_covariance():
     wide = rng.normal(size=(50, 200)) * rng.uniform(0.1, 2, 200)  # n < d: the Gram-of-rows path
     lam = np.linalg.eigvalsh(np.cov(wide.T))
     assert scoring.participation_ratio(wide) == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum(),
-                                                              rel=1e-9)
+                                                              rel=1e-5)  # float32 on the device
 
 
 def test_copy_statistics_against_pair_counting_and_quantiles():
