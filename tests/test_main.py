@@ -51,7 +51,8 @@ def test_compiled_programs_go_to_the_persistent_cache(tmp_path):
                         f'--config.compilation_cache={cache}'], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert len(os.listdir(cache)) >= 2  # at least the train step and the sampler
+    # the train step compiles for seconds: above JAX's threshold for a cache entry (1 s)
+    assert any(f.startswith('jit_step-') for f in os.listdir(cache)), os.listdir(cache)
 
 
 @pytest.mark.slow
