@@ -7,9 +7,10 @@ the CPU, `jax.experimental.topologies` describes the slice's devices; each progr
 the config's sizes and shardings and compiled by the TPU compiler for them:
   train step   the config's batch split over every device, state replicated, donated
   sampler      one batch of the config's sample.batch_size, split over every device
-  knn          the scorer's kNN of the pool against D_g in pixels, on one device (as it runs today)
+  knn          the scorer's kNN of the pool against D_g in pixels, the queries split over the
+               devices of a host (as scoring.knn runs), uint8 in
   greedy       farthest-point selection of N from the largest candidate set, in the selection's
-               feature space, float32 (the TPU's arithmetic), on one device
+               feature space, float32 (the TPU's arithmetic), the candidates split over them
 For each it prints the bytes per device (arguments, temporaries, outputs, less donated buffers)
 against the chip's HBM, and FLOPs: per train step and per UNet evaluation of one image (XLA's
 analysis: the compiled train step's, and the lowered UNet's), and the run's (or the study's)
@@ -80,7 +81,7 @@ def compile_all(cfg, devices, only=PROGRAMS) -> dict:
     import jax
     from flax import nnx
     from collapse_jax import engine, parallel, train
-    mesh, one = parallel.make_mesh(devices), parallel.make_mesh(devices[:1])
+    mesh = parallel.make_mesh(devices)
     graphdef = train.model_graph(cfg, 'tpu')
     params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: train._make_model(cfg, 0, 'tpu'))))
     key = jax.eval_shape(lambda: jax.random.key(0))
@@ -91,9 +92,9 @@ def compile_all(cfg, devices, only=PROGRAMS) -> dict:
     if 'sampler' in only:
         out['sampler'] = sample_program(cfg, graphdef, params, key, mesh)
     if 'knn' in only:
-        out['knn'] = knn_program(cfg, one)
+        out['knn'] = knn_program(cfg, devices)
     if 'greedy' in only:
-        out['greedy'] = greedy_program(cfg, one)
+        out['greedy'] = greedy_program(cfg, devices)
     return out
 
 
@@ -134,32 +135,43 @@ def sample_program(cfg, graphdef, params, key, mesh) -> dict:
     return dict(memory=memory(compiled), batch=bs)
 
 
-def knn_program(cfg, one) -> dict:
-    import jax
-    import jax.numpy as jnp
-    from collapse_jax import parallel, scoring
-    n, d, s1 = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels, parallel.replicated(one)
-    pool = n * cfg.loop.pool_factor
-    compiled = scoring._knn.lower(jax.ShapeDtypeStruct((pool, d), jnp.float32, sharding=s1),
-                                  jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=s1),
-                                  0).compile()
-    return dict(memory=memory(compiled), queries=pool, refs=n, dim=d)
-
-
-def greedy_program(cfg, one) -> dict:
+def knn_program(cfg, devices) -> dict:
+    """The scorer as it runs on a host of the slice: the pool's queries split over its devices,
+    D_g replicated (scoring.knn's shard_map)."""
     import numpy as np
     import jax
     import jax.numpy as jnp
-    from collapse_jax import parallel, selection
-    n, d, s1 = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels, parallel.replicated(one)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from collapse_jax import scoring
+    n, d = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels
+    mesh, per = Mesh(np.asarray(devices), ('q',)), -(-n * cfg.loop.pool_factor // len(devices))
+    compiled = scoring._sharded(tuple(devices), 1, False, 512, 2048).lower(
+        jax.ShapeDtypeStruct((per * len(devices), d), jnp.uint8,
+                             sharding=NamedSharding(mesh, P('q'))),
+        jax.ShapeDtypeStruct((n, d), jnp.uint8, sharding=NamedSharding(mesh, P()))).compile()
+    return dict(memory=memory(compiled), queries=per * len(devices), refs=n, dim=d)
+
+
+def greedy_program(cfg, devices) -> dict:
+    """Greedy selection of N from the largest candidate set, the candidates split over the
+    devices (selection._place), float32 (the TPU's arithmetic)."""
+    import numpy as np
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from collapse_jax import selection
+    n, d = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels
     pool, variants = n * cfg.loop.pool_factor, engine_variants(cfg)
     m = max(sum(len(rows) for _, rows in selection.candidate_sources(
         v.paradigm, cfg.loop.generations - 2, n, pool, np.random.default_rng(0)))
         for v in variants) if cfg.loop.generations > 1 else pool
+    m += (-m) % len(devices)
     fd = FEATURE_DIMS.get(cfg.loop.feature_space, d)
-    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=s1)
+    mesh = Mesh(np.asarray(devices), ('c',))
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
     compiled = selection._greedy.lower(
-        jax.ShapeDtypeStruct((m, fd), jnp.float32, sharding=s1), n, scalar, scalar).compile()
+        jax.ShapeDtypeStruct((m, fd), jnp.float32, sharding=NamedSharding(mesh, P('c'))), n,
+        scalar, scalar).compile()
     return dict(memory=memory(compiled), candidates=m, picks=n, dim=fd)
 
 
