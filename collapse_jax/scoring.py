@@ -45,7 +45,11 @@ def knn(queries, refs, k: int = 1, exclude_self: bool = False, block_q: int = 51
     per = -(-nq // n_dev)
     q = np.concatenate([queries, np.zeros((per * n_dev - nq,) + queries.shape[1:],
                                           queries.dtype)])
-    d, i = _sharded(devices, k, exclude_self, block_q, block_r)(q, np.asarray(refs))
+    mesh = jax.sharding.Mesh(np.asarray(devices), ('q',))
+    place = lambda a, spec: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))  # noqa
+    d, i = _sharded(devices, k, exclude_self, block_q, block_r)(
+        place(q, jax.sharding.PartitionSpec('q')), place(np.asarray(refs),
+                                                         jax.sharding.PartitionSpec()))
     return d[:nq], i[:nq]
 
 

@@ -59,7 +59,7 @@ class Featurizer:
         mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
         rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-        self.state = jax.device_put(state, rep)
+        self.state, self._data = jax.device_put(state, rep), data
 
         # float32 at full precision on every backend (GPUs would run TF32, TPUs bf16 passes),
         # so FD, precision/recall and the picks mean the same wherever they are computed
@@ -76,7 +76,9 @@ class Featurizer:
         for i in range(0, len(images), b):
             chunk = images[i:i + b]
             pad = np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)
-            out.append(self._apply(self.state, np.concatenate([chunk, pad])))
+            # placed here, not by jit: a multi-process jit refuses numpy under a sharding
+            out.append(self._apply(self.state, jax.device_put(np.concatenate([chunk, pad]),
+                                                              self._data)))
         if not out:
             return np.zeros((0, 0), np.float32)
         return np.concatenate(jax.device_get(out))[:len(images)].astype(np.float32)
