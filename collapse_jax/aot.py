@@ -8,7 +8,7 @@ the config's sizes and shardings and compiled by the TPU compiler for them:
   train step   the config's batch split over every device, state replicated, donated
   sampler      one batch of the config's sample.batch_size, split over every device
   knn          the scorer's kNN of the pool against D_g in pixels, the queries split over the
-               devices of a host (as scoring.knn runs), uint8 in
+               devices of a host (as neighbours.knn runs), uint8 in
   greedy       farthest-point selection of N from the largest candidate set, in the selection's
                feature space, float32 (the TPU's arithmetic), the candidates split over them
 For each it prints the bytes per device (arguments, temporaries, outputs, less donated buffers)
@@ -137,15 +137,15 @@ def sample_program(cfg, graphdef, params, key, mesh) -> dict:
 
 def knn_program(cfg, devices) -> dict:
     """The scorer as it runs on a host of the slice: the pool's queries split over its devices,
-    D_g replicated (scoring.knn's shard_map)."""
+    D_g replicated (neighbours.knn's shard_map)."""
     import numpy as np
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from collapse_jax import scoring
+    from collapse_jax import neighbours
     n, d = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels
     mesh, per = Mesh(np.asarray(devices), ('q',)), -(-n * cfg.loop.pool_factor // len(devices))
-    compiled = scoring._sharded(tuple(devices), 1, False, 512, 2048).lower(
+    compiled = neighbours._sharded(tuple(devices), 1, False, 512, 2048).lower(
         jax.ShapeDtypeStruct((per * len(devices), d), jnp.uint8,
                              sharding=NamedSharding(mesh, P('q'))),
         jax.ShapeDtypeStruct((n, d), jnp.uint8, sharding=NamedSharding(mesh, P()))).compile()
