@@ -15,6 +15,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from collapse_jax import parallel
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -23,10 +25,7 @@ def _pad_rows(x, multiple):
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
 
-def _devices(devices):
-    """The devices a scorer call splits its queries over: this process's own, by default (each
-    process scores on its own devices; nothing crosses hosts)."""
-    return tuple(jax.local_devices() if devices is None else devices)
+_devices = parallel.local_devices  # one name, so that a test can pin it to one device
 
 
 def knn(queries, refs, k: int = 1, exclude_self: bool = False, block_q: int = 512,

@@ -36,6 +36,12 @@ def initialize(timeout_s: int = 300, heartbeat_s: int = 60):
                            'the same command and can reach the coordinator') from e
 
 
+def local_devices(devices=None) -> tuple:
+    """`devices`, or this process's own devices: where scoring, selection and the feature
+    networks run (each process on its own; nothing crosses hosts)."""
+    return tuple(jax.local_devices() if devices is None else devices)
+
+
 def make_mesh(devices=None):
     """A 1-D 'data' mesh over `devices` (default: every device of every host)."""
     if devices is None:

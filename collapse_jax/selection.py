@@ -13,6 +13,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from collapse_jax import parallel
 from collapse_jax.data import need
 from collapse_jax.layout import TrainSet
 from collapse_jax.scoring import unique_rows
@@ -26,7 +27,7 @@ def _place(x, dtype, devices):
     """Candidates on the device(s): rows split over `devices` (default: every local device; XLA
     partitions the distance products and reductions), padded with zero rows to a multiple of
     their count. The rules never pick a padded row."""
-    devices = tuple(jax.local_devices() if devices is None else devices)
+    devices = parallel.local_devices(devices)
     x = jnp.asarray(x).astype(dtype)  # uint8 ships as uint8
     if len(devices) == 1:
         return x

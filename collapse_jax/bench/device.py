@@ -71,15 +71,10 @@ class Rows:
 
 def timed(fn, repeats=3):
     """(seconds of the fastest call after a warm-up, seconds of the warm-up: compile and run)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    best = float('inf')
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best, first
+    from collapse_jax.bench import best_time
+    run = lambda: jax.block_until_ready(fn())  # noqa: E731
+    first = best_time(run, 1)
+    return best_time(run, repeats), first
 
 
 def limits(rows, z) -> dict:

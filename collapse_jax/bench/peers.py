@@ -85,16 +85,14 @@ def torch_train_step_time(preset, batch, cfg):
 # ----------------------------------------------------------------------------- on the device
 
 def _timed(fn, sync, repeats=2):
-    import time
-    fn()
-    sync()
-    best = float('inf')
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    """The fastest of `repeats` calls after a warm-up, each ended by `sync` (CUDA is async)."""
+    from collapse_jax.bench import best_time
+
+    def run():
         fn()
         sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    run()
+    return best_time(run, repeats)
 
 
 def device_main(argv=None):

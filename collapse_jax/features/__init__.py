@@ -21,6 +21,7 @@ import numpy as np
 import jax
 from flax import nnx
 
+from collapse_jax import parallel
 from collapse_jax.data import need
 from collapse_jax.features.digits import (DIGITS_SHA256, DIGITS_WEIGHTS, DigitsCNN,  # noqa: F401
                                           DigitsProbabilities, digits_classifier, sha256,
@@ -53,7 +54,7 @@ class Featurizer:
         if model is None:
             return
         graphdef, state = nnx.split(model)
-        devices = list(jax.local_devices() if devices is None else devices)
+        devices = list(parallel.local_devices(devices))
         if batch_size % len(devices):
             devices = devices[:1]
         mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
