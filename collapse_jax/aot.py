@@ -10,7 +10,8 @@ the config's sizes and shardings and compiled by the TPU compiler for them:
   knn          the scorer's kNN of the pool against D_g in pixels, the queries split over the
                devices of a host (as neighbours.knn runs), uint8 in
   greedy       farthest-point selection of N from the largest candidate set, in the selection's
-               feature space, float32 (the TPU's arithmetic), the candidates split over them
+               feature space (uint8 pixels: the exact integer path; features: float32), the
+               candidates split over them
 For each it prints the bytes per device (arguments, temporaries, outputs, less donated buffers)
 against the chip's HBM, and FLOPs: per train step and per UNet evaluation of one image (XLA's
 analysis: the compiled train step's, and the lowered UNet's), and the run's (or the study's)
@@ -154,7 +155,8 @@ def knn_program(cfg, devices) -> dict:
 
 def greedy_program(cfg, devices) -> dict:
     """Greedy selection of N from the largest candidate set, the candidates split over the
-    devices (selection._place), float32 (the TPU's arithmetic)."""
+    devices (selection._place): uint8 pixels (the integer path), or float32 features (the TPU's
+    float arithmetic)."""
     import numpy as np
     import jax
     import jax.numpy as jnp
@@ -169,9 +171,10 @@ def greedy_program(cfg, devices) -> dict:
     fd = FEATURE_DIMS.get(cfg.loop.feature_space, d)
     mesh = Mesh(np.asarray(devices), ('c',))
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
+    dtype = jnp.uint8 if cfg.loop.feature_space == 'pixel' else jnp.float32
     compiled = selection._greedy.lower(
-        jax.ShapeDtypeStruct((m, fd), jnp.float32, sharding=NamedSharding(mesh, P('c'))), n,
-        scalar, scalar).compile()
+        jax.ShapeDtypeStruct((m, fd), dtype, sharding=NamedSharding(mesh, P('c'))), n,
+        scalar, scalar, mesh).compile()
     return dict(memory=memory(compiled), candidates=m, picks=n, dim=fd)
 
 

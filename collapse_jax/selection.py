@@ -1,9 +1,10 @@
 """Selection rules (which N candidates train the next generation) and paradigms (which candidates
 there are). Greedy farthest-point and the threshold-decay filter run their whole loop on device.
 
-Distances are Euclidean in the feature space handed in (pixels in [0, 255] by default).
-Greedy computes them in float64, where integer pixels give exact integers (float32 rounds sums
-above 2^24), so its picks are those of exact arithmetic, ties going to the lowest index.
+Distances are Euclidean in the feature space handed in (pixels in [0, 255] by default). uint8
+pixels take an integer path, int8 x int8 -> int32 products, exact on every backend (float32 rounds
+squared distances above 2^24), so the picks are those of exact arithmetic, ties going to the
+lowest index. Float features run in float64 (float32 on TPU); each record says which.
 """
 from __future__ import annotations
 
@@ -23,22 +24,74 @@ SELECTIONS = ('none', 'random', 'greedy', 'threshold')
 PARADIGMS = ('replace', 'accumulate', 'accumulate_subsample', 'fresh')
 
 
-def _place(x, dtype, devices):
-    """Candidates on the device(s): rows split over `devices` (default: every local device; XLA
-    partitions the distance products and reductions), padded with zero rows to a multiple of
-    their count. The rules never pick a padded row."""
+def _integer(x) -> bool:
+    """uint8 pixels whose squared distances fit int32 (d * 255^2 < 2^31, up to 33,025 values)
+    take the integer path: exact on every backend."""
+    return x.dtype == np.uint8 and x.shape[1] * 255 ** 2 < 2 ** 31
+
+
+def _float_dtype():
+    """Float features: float64 on CPU and GPU; TPUs only emulate it, slowly, so float32."""
+    return jnp.float32 if jax.default_backend() == 'tpu' else jnp.float64
+
+
+def arithmetic(features) -> str:
+    """What the selection rules compute these features' distances in, for the record."""
+    x = np.asarray(features).reshape(len(features), -1)
+    if _integer(x):
+        return 'int8 x int8 -> int32: exact on every backend'
+    return ('float64' if _float_dtype() == jnp.float64 else
+            'float32 (TPU: no float64; distances are rounded, near-ties may flip)')
+
+
+def _place(x, devices):
+    """(candidates on the device(s), their mesh or None). uint8 pixels ship as uint8 and become
+    int8 (x - 128: the same distances) on the device; other features become float64 (float32 on
+    TPU). Rows split over `devices` (default: every local device; XLA partitions the distance
+    products and reductions), padded with zero rows to a multiple of their count. The rules
+    never pick a padded row."""
     devices = parallel.local_devices(devices)
-    x = jnp.asarray(x).astype(dtype)  # uint8 ships as uint8
+    x = jnp.asarray(x) if _integer(x) else jnp.asarray(x, _float_dtype())
     if len(devices) == 1:
-        return x
-    pad = (-x.shape[0]) % len(devices)
-    x = jnp.pad(x, ((0, pad), (0, 0)))
+        return x, None
+    x = jnp.pad(x, ((0, (-x.shape[0]) % len(devices)), (0, 0)))
     mesh = jax.sharding.Mesh(np.asarray(devices), ('c',))
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('c')))
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('c'))), mesh
 
 
-@partial(jax.jit, static_argnames=('n', 'block', 'top'))
-def _greedy(x, n, first, valid, block: int = 32, top: int = 32):
+def _prepare(x):
+    """(working rows, accumulator dtype, the largest value): int8 rows with int32 products, or
+    the float rows themselves."""
+    if x.dtype == jnp.uint8:
+        return (x.astype(jnp.int16) - 128).astype(jnp.int8), jnp.int32, jnp.iinfo(jnp.int32).max
+    return x, x.dtype, jnp.inf
+
+
+def _dot(a, b, acc):
+    """a [n, d] . b [k, d]^T -> [n, k] in `acc` (int8 x int8 -> int32 is exact)."""
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=HIGHEST,
+                               preferred_element_type=acc)
+
+
+def _take(x, idx, mesh):
+    """Rows `idx` of x. On a mesh, each device takes the rows it holds and one psum of len(idx)
+    rows combines them, so no device ever gathers the whole candidate set."""
+    if mesh is None:
+        return x[idx]
+    from jax.sharding import PartitionSpec as P
+    acc = jnp.int32 if jnp.issubdtype(x.dtype, jnp.integer) else x.dtype
+
+    def local(xl, idx):
+        li = idx - jax.lax.axis_index('c') * xl.shape[0]
+        own = (li >= 0) & (li < xl.shape[0])
+        rows = xl[jnp.clip(li, 0, xl.shape[0] - 1)].astype(acc)
+        return jax.lax.psum(jnp.where(own[:, None], rows, 0), 'c')
+    return jax.shard_map(local, mesh=mesh, in_specs=(P('c'), P()), out_specs=P(),
+                         check_vma=False)(x, idx).astype(x.dtype)
+
+
+@partial(jax.jit, static_argnames=('n', 'mesh', 'block', 'top'))
+def _greedy(x, n, first, valid, mesh=None, block: int = 32, top: int = 32):
     """Farthest-point traversal with lazy updates. The exact rule needs each pick's distance to
     every point, an n x d pass per pick that memory bandwidth bounds. Instead, every point keeps
     an upper bound `ub` of its distance to the chosen set (exact up to the last full update);
@@ -47,28 +100,29 @@ def _greedy(x, n, first, valid, block: int = 32, top: int = 32):
     against the pending picks; if the best refreshed value beats the top-th bound, it beats
     every other point's true value too, so it is the exact argmax. Otherwise a full update runs
     now and the argmax is taken directly. Same picks as the plain loop, ties to the lowest index.
-    x: float64 [m, d] (under enable_x64); rows from `valid` on are padding, never picked."""
+    x: uint8 [m, d] (integer path) or float [m, d]; rows from `valid` on are padding, never
+    picked."""
+    x, acc, big = _prepare(x)
     m = x.shape[0]
     top = min(top, m)
-    sq = jnp.sum(x * x, axis=1)
+    sq = jnp.sum(x.astype(acc) ** 2, axis=1)
 
     def dists(rows, p, p_sq):  # squared distances [len(rows), block]; exact for integer data
-        dot = jnp.matmul(x[rows] if rows is not None else x, p.T, precision=HIGHEST)
-        r_sq = sq[rows] if rows is not None else sq
-        return jnp.maximum(r_sq[:, None] + p_sq[None] - 2.0 * dot, 0.0)
+        r, r_sq = (x, sq) if rows is None else (_take(x, rows, mesh), sq[rows])
+        return jnp.maximum(r_sq[:, None] + p_sq[None] - 2 * _dot(r, p, acc), 0)
+
+    def pending(s, rows):
+        d = dists(rows, s['pend'], s['pend_sq'])
+        return jnp.where(jnp.arange(block)[None] < s['np'], d, big).min(1)
 
     def full_update(s):
-        d = jnp.where(jnp.arange(block)[None] < s['np'], dists(None, s['pend'], s['pend_sq']),
-                      jnp.inf)
-        ub = jnp.where(s['ub'] < 0, s['ub'], jnp.minimum(s['ub'], d.min(1)))
+        ub = jnp.where(s['ub'] < 0, s['ub'], jnp.minimum(s['ub'], pending(s, None)))
         return dict(s, ub=ub, np=jnp.int32(0))
 
     def body(i, s):
         s = jax.lax.cond(s['np'] == block, full_update, lambda s: s, s)
         vals, idx = jax.lax.top_k(s['ub'], top)
-        d = jnp.where(jnp.arange(block)[None] < s['np'], dists(idx, s['pend'], s['pend_sq']),
-                      jnp.inf)
-        r = jnp.where(vals < 0, vals, jnp.minimum(vals, d.min(1)))
+        r = jnp.where(vals < 0, vals, jnp.minimum(vals, pending(s, idx)))
         s = dict(s, ub=s['ub'].at[idx].set(r))
         best_r = r.max()
         lazy_best = jnp.where(r == best_r, idx, m).min()
@@ -79,28 +133,17 @@ def _greedy(x, n, first, valid, block: int = 32, top: int = 32):
 
         s, j = jax.lax.cond(best_r > vals[top - 1], lambda s: (s, lazy_best.astype(jnp.int32)),
                             exact, s)
-        return dict(s, ub=s['ub'].at[j].set(-1.0), picks=s['picks'].at[i].set(j),
-                    pend=s['pend'].at[s['np']].set(x[j]), pend_sq=s['pend_sq'].at[s['np']].set(sq[j]),
-                    np=s['np'] + 1)
+        return dict(s, ub=s['ub'].at[j].set(-1), picks=s['picks'].at[i].set(j),
+                    pend=s['pend'].at[s['np']].set(_take(x, j[None], mesh)[0]),
+                    pend_sq=s['pend_sq'].at[s['np']].set(sq[j]), np=s['np'] + 1)
 
-    ub0 = jnp.maximum(sq + sq[first] - 2.0 * jnp.matmul(x, x[first], precision=HIGHEST), 0.0)
-    ub0 = jnp.where(jnp.arange(m) < valid, ub0, -1.0)
-    s = dict(ub=ub0.at[first].set(-1.0), picks=jnp.zeros((n,), jnp.int32).at[0].set(first),
-             pend=jnp.zeros((block, x.shape[1]), x.dtype), pend_sq=jnp.zeros((block,), x.dtype),
+    x0 = _take(x, first[None], mesh)
+    ub0 = jnp.maximum(sq + sq[first] - 2 * _dot(x, x0, acc)[:, 0], 0)
+    ub0 = jnp.where(jnp.arange(m) < valid, ub0, -1)
+    s = dict(ub=ub0.at[first].set(-1), picks=jnp.zeros((n,), jnp.int32).at[0].set(first),
+             pend=jnp.zeros((block, x.shape[1]), x.dtype), pend_sq=jnp.zeros((block,), acc),
              np=jnp.int32(0))
     return jax.lax.fori_loop(1, n, body, s)['picks']
-
-
-def _exact_dtype():
-    """float64 makes integer pixels' distances exact (float32 rounds sums above 2^24); TPUs only
-    emulate it, slowly, so they use float32."""
-    return jnp.float32 if jax.default_backend() == 'tpu' else jnp.float64
-
-
-def arithmetic() -> str:
-    """What the selection rules compute distances in here, for the record."""
-    return ('float64: exact on integer pixels' if _exact_dtype() == jnp.float64 else
-            'float32: squared pixel distances above 2^24 are rounded, near-ties may flip')
 
 
 def greedy_select(features, n: int, first: int = 0, devices=None) -> np.ndarray:
@@ -110,28 +153,28 @@ def greedy_select(features, n: int, first: int = 0, devices=None) -> np.ndarray:
     x = np.asarray(features).reshape(len(features), -1)
     if not 1 <= n <= x.shape[0]:
         raise ValueError(f'greedy_select: n={n}; allowed 1..{x.shape[0]}')
-    dtype = _exact_dtype()
-    with jax.enable_x64(dtype == jnp.float64):
-        return np.asarray(_greedy(_place(x, dtype, devices), n, jnp.int32(first),
-                                  jnp.int32(len(x))))
+    with jax.enable_x64(not _integer(x) and _float_dtype() == jnp.float64):
+        xd, mesh = _place(x, devices)
+        return np.asarray(_greedy(xd, n, jnp.int32(first), jnp.int32(len(x)), mesh))
 
 
-@partial(jax.jit, static_argnames=('n', 'block'))
-def _threshold(x, order, n, tau, decay, block: int = 32):
+@partial(jax.jit, static_argnames=('n', 'mesh', 'block'))
+def _threshold(x, order, n, limits, mesh=None, block: int = 32):
     """The threshold-decay filter with lazy updates. A visit needs the candidate's distance to
     the accepted set. Every candidate keeps `min_d`, its squared distance to the accepted set as
     of the last flush; the newest accepted wait in `pend` (at most `block`), and a visit adds
     its direct distance to those. When `block` are pending, one matrix product (compute-bound)
     brings every min_d up to date. So a visit costs `block` x d, not a pass over all m
-    candidates, and a rejected candidate costs no pass at all. x: float64 [m, d] (under
-    enable_x64), where integer pixels give exact distances."""
+    candidates, and a rejected candidate costs no pass at all. limits[p]: the squared threshold
+    of pass p (the last one serves every later pass)."""
+    x, acc, big = _prepare(x)
     m = x.shape[0]
-    sq = jnp.sum(x * x, axis=1)
+    sq = jnp.sum(x.astype(acc) ** 2, axis=1)
     live = jnp.arange(block)
 
     def flush(s):
-        d = sq[:, None] + s['pend_sq'][None] - 2.0 * jnp.matmul(x, s['pend'].T, precision=HIGHEST)
-        d = jnp.where(live[None] < s['np'], jnp.maximum(d, 0.0), jnp.inf)
+        d = jnp.maximum(sq[:, None] + s['pend_sq'][None] - 2 * _dot(x, s['pend'], acc), 0)
+        d = jnp.where(live[None] < s['np'], d, big)
         return dict(s, min_d=jnp.minimum(s['min_d'], d.min(1)), np=jnp.int32(0))
 
     def cond(s):
@@ -139,28 +182,41 @@ def _threshold(x, order, n, tau, decay, block: int = 32):
 
     def body(s):
         c = order[s['pos']]
-        to_pend = jnp.where(live < s['np'], jnp.sum((s['pend'] - x[c][None]) ** 2, 1), jnp.inf)
-        accept = (~s['taken'][c]) & (jnp.minimum(s['min_d'][c], to_pend.min()) > s['tau'] ** 2)
+        row = _take(x, c[None], mesh)[0]
+        to_pend = jnp.where(live < s['np'],
+                            jnp.sum((s['pend'].astype(acc) - row.astype(acc)[None]) ** 2, 1), big)
+        limit = limits[jnp.minimum(s['passes'], len(limits) - 1)]
+        accept = (~s['taken'][c]) & (jnp.minimum(s['min_d'][c], to_pend.min()) > limit)
         k = jnp.where(accept, s['np'], block)  # out of range: the scatter drops it
         s = dict(s, taken=s['taken'].at[c].set(s['taken'][c] | accept),
                  picks=s['picks'].at[jnp.where(accept, s['count'], n)].set(c, mode='drop'),
-                 pend=s['pend'].at[k].set(x[c], mode='drop'),
+                 pend=s['pend'].at[k].set(row, mode='drop'),
                  pend_sq=s['pend_sq'].at[k].set(sq[c], mode='drop'),
                  np=s['np'] + accept.astype(jnp.int32),
                  count=s['count'] + accept.astype(jnp.int32))
         s = jax.lax.cond(s['np'] == block, flush, lambda s: s, s)
         end_of_pass = s['pos'] == len(order) - 1  # a whole pass short of n: lower the threshold
         return dict(s, pos=jnp.where(end_of_pass, 0, s['pos'] + 1),
-                    tau=jnp.where(end_of_pass, s['tau'] * decay, s['tau']),
                     passes=s['passes'] + end_of_pass.astype(jnp.int32))
 
-    state = dict(min_d=jnp.full((m,), jnp.inf, x.dtype), taken=jnp.zeros((m,), bool),
+    state = dict(min_d=jnp.full((m,), big, acc), taken=jnp.zeros((m,), bool),
                  picks=jnp.zeros((n,), jnp.int32), count=jnp.int32(0), pos=jnp.int32(0),
-                 tau=jnp.asarray(tau, x.dtype), passes=jnp.int32(0),
-                 pend=jnp.zeros((block, x.shape[1]), x.dtype), pend_sq=jnp.zeros((block,), x.dtype),
-                 np=jnp.int32(0))
+                 passes=jnp.int32(0), pend=jnp.zeros((block, x.shape[1]), x.dtype),
+                 pend_sq=jnp.zeros((block,), acc), np=jnp.int32(0))
     s = jax.lax.while_loop(cond, body, state)
-    return s['picks'], s['tau'], s['passes']
+    return s['picks'], s['passes']
+
+
+def _schedule(tau: float, decay: float, integer: bool, max_passes: int = 100_000):
+    """(tau of each pass, the squared threshold each pass compares with). tau decays by repeated
+    float64 multiplication. On integer distances the comparison d > tau^2 is d > floor(tau^2),
+    exactly; the schedule ends at the first pass whose threshold is 0 (every distinct candidate
+    passes it). On float features it ends where tau^2 underflows (or after max_passes, then 0)."""
+    taus = [tau]
+    while len(taus) < max_passes and taus[-1] * taus[-1] >= (1 if integer else 1e-300):
+        taus.append(taus[-1] * decay)
+    sq = np.array([t * t for t in taus[:-1]] + [0.0])
+    return np.array(taus), (np.floor(sq).astype(np.int64).clip(0, 2 ** 31 - 1) if integer else sq)
 
 
 def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
@@ -179,12 +235,15 @@ def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
         raise ValueError(f'threshold_select: {distinct} distinct candidates of {x.shape[0]} '
                          f'cannot yield {n} images farther apart than any tau')
     order = jnp.asarray(np.random.default_rng(seed).permutation(x.shape[0]), jnp.int32)
-    dtype = _exact_dtype()
-    with jax.enable_x64(dtype == jnp.float64):
-        picks, final_tau, passes = _threshold(_place(x, dtype, devices), order, n, tau, decay)
-        picks, final_tau, passes = np.asarray(picks), float(final_tau), int(passes)
-    return (picks, dict(final_tau=final_tau, passes=passes + 1)) if return_info \
-        else picks
+    integer = _integer(x)
+    taus, limits = _schedule(tau, decay, integer)
+    with jax.enable_x64(not integer and _float_dtype() == jnp.float64):
+        xd, mesh = _place(x, devices)
+        limits = jnp.asarray(limits, jnp.int32 if integer else xd.dtype)
+        picks, passes = _threshold(xd, order, n, limits, mesh)
+        picks, passes = np.asarray(picks), int(passes)
+    info = dict(final_tau=float(taus[min(passes, len(taus) - 1)]), passes=passes + 1)
+    return (picks, info) if return_info else picks
 
 
 def select(rule: str, features, n: int, *, seed: int, tau: float = 0.0, decay: float = 0.9):
@@ -269,14 +328,14 @@ def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: 
                              for s, rows in cands])
     index = np.concatenate([rows for _, rows in cands])
     info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(images)))
-    if lp.selection in ('greedy', 'threshold'):
-        info['arithmetic'] = arithmetic()
     if not keeps_all(lp.paradigm, lp.selection):
         need(len(images) >= want, f'loop.pool_factor={lp.pool_factor}: {len(images)} candidates '
              f'cannot yield {want} images')
         tau, decay = threshold_params(lp.paradigm, lp.feature_space, lp.tau, lp.decay)
-        pick, extra = select(lp.selection, featurize(images), want, seed=seed, tau=tau,
-                             decay=decay)
+        feats = featurize(images)
+        if lp.selection in ('greedy', 'threshold'):
+            info['arithmetic'] = arithmetic(feats)
+        pick, extra = select(lp.selection, feats, want, seed=seed, tau=tau, decay=decay)
         info.update(extra)
         images, source, index = images[pick], source[pick], index[pick]
         labels = None if labels is None else labels[pick]

@@ -30,7 +30,7 @@ def test_the_paper_config_compiles_for_a_v5e_slice_and_fits(tmp_path):
         pytest.skip('libtpu is not installed: pip install .[tpu], or set TPU_LIBRARY_PATH to a '
                     'libtpu.so (.ci/run installs one)')
     out = tmp_path / 'aot.json'
-    p = aot(tmp_path, '--config=configs/cifar10_paper.py', '--topology=v5e:2x2', '--only=train',
+    p = aot(tmp_path, '--config=configs/cifar10_paper.py', '--topology=v5e:2x2', '--only=train,greedy',
             '--config.train.batch_size=128', f'--json={out}')
     assert p.returncode == 0, p.stderr[-3000:]
     print(p.stdout)
@@ -44,3 +44,12 @@ def test_the_paper_config_compiles_for_a_v5e_slice_and_fits(tmp_path):
     assert res['flops_per_eval'] == pytest.approx(1.0e9, rel=0.05)
     assert step['flops'] == pytest.approx(3 * 128 * res['flops_per_eval'], rel=0.15)
     assert 'UNet evaluation: 1.02 GFLOP per image' in p.stdout
+    # greedy at the paper's size (32,768 picks from accumulate's 491,520 DINOv2 features), the
+    # candidates split over the 4 chips: a quarter of the set on each, and no device gathers the
+    # whole set (the picks' rows come by one psum of their own; x[j] on the split set used to
+    # make XLA gather all of it, 0.71 GiB of temporaries)
+    g = res['greedy']
+    whole = g['candidates'] * g['dim'] * 4
+    assert (g['candidates'], g['picks'], g['dim']) == (491520, 32768, 384)
+    assert g['memory']['argument'] == pytest.approx(whole / 4, rel=0.01)
+    assert g['memory']['temporary'] < 0.02 * whole

@@ -31,6 +31,8 @@ def test_bench_writes_a_record_per_measurement(tmp_path, monkeypatch):
     thr = [r for r in lines if r['name'].startswith('threshold')][0]  # the lazy rule, same picks
     assert thr['name'] == 'threshold select 60 of 300 d=16' and thr['passes'] > 1
     assert thr['picks_identical'] == thr['picks_compared'] == 60
+    for r in (greedy, thr):  # the integer path, and float64 on the same pixels: the same picks
+        assert r['arithmetic'].startswith('int8') and r['float64_picks_identical'] == 60
     roof = [r for r in lines if r['name'].startswith('matmul')]
     assert roof and all(r['value'] > 0 and r['unit'] == 'GFLOP/s' for r in roof)
     assert all(r['value'] > 0 and r.get('compile_s', 0) >= 0 for r in lines)
@@ -84,6 +86,7 @@ def test_device_bench_smoke_runs_every_row_and_writes_each_as_it_goes(tmp_path):
         if r.get('mfu_measured') is not None:
             assert 0 < r['mfu_measured'] < 1.5, r
     g = next(r for r in lines if r['name'].startswith('greedy'))
-    assert g['picks_identical'] == g['picks'] == 64  # integer pixels: f32 is exact at d = 64
+    # the exact integer path; float64 and, at d = 64, float32 are exact too: the same picks
+    assert g['float64_picks_identical'] == g['float32_picks_identical'] == g['picks'] == 64
     peers = [r for r in lines if r['name'].startswith('peer')]
     assert peers and (peers[0]['name'] != 'peers' or 'not installed' in peers[0]['skipped'])

@@ -117,6 +117,31 @@ def test_greedy_on_pixels_is_exact_where_float32_rounds():
                                   naive_greedy(x.astype(np.int64), 150, 5))
 
 
+def test_integer_path_picks_what_float64_picks_on_pixels_and_says_so():
+    # d = 3072: squared distances up to 2e8, beyond float32's 2^24; int8 x int8 -> int32 is exact
+    # (any backend), float64 is exact here (CPU); both must choose the same, and the record says
+    # which arithmetic ran
+    x = np.random.default_rng(6).integers(0, 256, size=(300, 3072)).astype(np.uint8)
+    f = x.astype(np.float64)
+    np.testing.assert_array_equal(greedy_select(x, 120, first=9), greedy_select(f, 120, first=9))
+    tau = float(np.sqrt(((f[:40, None] - f[None, :40]) ** 2).sum(-1)).max())  # > 1 pass
+    a = threshold_select(x, 100, tau, 0.97, seed=2, return_info=True)
+    b = threshold_select(f, 100, tau, 0.97, seed=2, return_info=True)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1] == b[1] and a[1]['passes'] > 1
+    assert selection.arithmetic(x).startswith('int8 x int8 -> int32')
+    assert selection.arithmetic(f) == 'float64'
+    assert selection.arithmetic(np.zeros((2, 40000), np.uint8)) == 'float64'  # would overflow
+
+
+def test_threshold_schedule_compares_integers_exactly():
+    taus, limits = selection._schedule(10.0, 0.5, integer=True)
+    np.testing.assert_array_equal(taus, [10.0, 5.0, 2.5, 1.25, 0.625])
+    np.testing.assert_array_equal(limits, [100, 25, 6, 1, 0])  # d > 6.25 <=> d > 6 for integer d
+    _, flimits = selection._schedule(10.0, 0.5, integer=False)
+    assert flimits[2] == 6.25 and flimits[-1] == 0.0
+
+
 def test_threshold_with_too_few_distinct_candidates_stops_with_one_line():
     x = np.repeat(np.arange(5, dtype=np.float32)[:, None], 4, axis=0).reshape(20, 1) * [1, 1]
     with pytest.raises(ValueError, match='5 distinct candidates of 20 cannot yield 8 images'):

@@ -142,9 +142,16 @@ def bench_greedy(rows, n, m, d, peer_picks):
     ours = selection.greedy_select(x, m, first=0)
     first = time.perf_counter() - t0
     s = best_time(lambda: selection.greedy_select(x, m, first=0), 2)
+    # the same pixels as float64 (the arithmetic before the integer path): time, same picks
+    xf = x.astype(np.float64)
+    f64 = selection.greedy_select(xf, m, first=0)
+    f64_s = best_time(lambda: selection.greedy_select(xf, m, first=0), 1)
     name = f'greedy select {m} of {n} d={d}'
+    arith = dict(arithmetic=selection.arithmetic(x), float64_s=f64_s,
+                 float64_picks_identical=int(np.sum(f64 == ours)))
     if not have('torch'):
-        record(rows, name, s, 's', higher_is_better=False, compile_s=max(first - s, 0.0))
+        record(rows, name, s, 's', higher_is_better=False, compile_s=max(first - s, 0.0),
+               **arith)
         return
     import torch
     xt = torch.from_numpy(x.astype(np.float32))
@@ -158,7 +165,7 @@ def bench_greedy(rows, n, m, d, peer_picks):
     record(rows, name, s, 's', ps, f'torch loop (timed on {k} picks, scaled)',
            higher_is_better=False, picks_compared=k, picks_identical=same,
            picks_identical_to_exact_loop=int(np.sum(np.asarray(exact) == ours[:k])),
-           compile_s=max(first - s, 0.0))
+           compile_s=max(first - s, 0.0), **arith)
 
 
 def bench_threshold(rows, n, d, factor=5, tau=2000.0, decay=0.95):
@@ -169,6 +176,9 @@ def bench_threshold(rows, n, d, factor=5, tau=2000.0, decay=0.95):
     ours, info = selection.threshold_select(x, n, tau, decay, seed=0, return_info=True)
     first = time.perf_counter() - t0
     s = best_time(lambda: selection.threshold_select(x, n, tau, decay, seed=0), 2)
+    xf64 = x.astype(np.float64)  # float64, the arithmetic before the integer path
+    f64 = selection.threshold_select(xf64, n, tau, decay, seed=0)
+    f64_s = best_time(lambda: selection.threshold_select(xf64, n, tau, decay, seed=0), 1)
     order = jnp.asarray(np.random.default_rng(0).permutation(len(x)), jnp.int32)
     xf = jnp.asarray(x, jnp.float32)
     old = np.asarray(threshold_per_visit(xf, order, n, tau, decay))  # compile
@@ -176,7 +186,8 @@ def bench_threshold(rows, n, d, factor=5, tau=2000.0, decay=0.95):
     record(rows, f'threshold select {n} of {factor * n} d={d}', s, 's', ps,
            'the per-visit rule (before)', higher_is_better=False, passes=info['passes'],
            picks_compared=n, picks_identical=int(np.sum(old == ours)),
-           compile_s=max(first - s, 0.0))
+           compile_s=max(first - s, 0.0), arithmetic=selection.arithmetic(x), float64_s=f64_s,
+           float64_picks_identical=int(np.sum(f64 == ours)))
 
 
 # ----------------------------------------------------------------------------- UNet peers

@@ -10,7 +10,7 @@ cut short keeps what it measured):
   train    the UNet48 train step in bf16 and f32 at batch 128 and 512, fed from the host (a NumPy
            gather and transfer per step, as training does) and from a batch already on the device
   knn      the kNN scorer's rate at n = 16,384, d = 3,072
-  greedy   greedy selection in f64 against f32: time, and how many picks agree
+  greedy   greedy selection, int8 (exact) against f64 and f32: time, and how many picks agree
   peers    in a second process, so that each framework has the whole device (bench/peers.py):
            diffusers' DDPMPipeline loop in fp32 and bf16, a torch train step with bf16 autocast
            and fused AdamW, torch blocked-matmul kNN (faiss-gpu if installed); then a ratio row
@@ -184,20 +184,22 @@ def knn(rows, z, measured):
 
 
 def greedy(rows, z):
+    """The integer path (uint8 pixels, int8 x int8 -> int32, exact) against float64 and float32 on
+    the same pixels: time, and how many picks agree with the exact ones."""
     from collapse_jax import selection
     m, n, d = z['greedy_m'], z['greedy_n'], z['greedy_d']
     x = np.random.default_rng(1).integers(0, 256, (m, d), dtype=np.uint8)
     picks, times = {}, {}
-    for name, dtype in (('float64', jnp.float64), ('float32', jnp.float32)):
+    for name, dtype in (('int8', jnp.uint8), ('float64', jnp.float64), ('float32', jnp.float32)):
         with jax.enable_x64(dtype == jnp.float64):
             xd = jnp.asarray(x, dtype)
             run = lambda: selection._greedy(xd, n, jnp.int32(0), jnp.int32(m))  # noqa: E731
             times[name], _ = timed(run, 1)
             picks[name] = np.asarray(run())
-    rows.add(f'greedy {n} of {m} d={d} float64', times['float64'], 's',
-             float32_s=times['float32'], picks_identical=int(np.sum(picks['float64'] ==
-                                                                    picks['float32'])),
-             picks=n)
+    rows.add(f'greedy {n} of {m} d={d} int8', times['int8'], 's', float64_s=times['float64'],
+             float32_s=times['float32'], picks=n,
+             **{f'{k}_picks_identical': int(np.sum(picks[k] == picks['int8']))
+                for k in ('float64', 'float32')})
 
 
 def peers(rows, z, smoke):
