@@ -5,7 +5,8 @@
 With libtpu installed (`pip install .[tpu]`, or TPU_LIBRARY_PATH naming a libtpu.so) and JAX on
 the CPU, `jax.experimental.topologies` describes the slice's devices; each program is lowered at
 the config's sizes and shardings and compiled by the TPU compiler for them:
-  train step   the config's batch split over every device, state replicated, donated
+  train step   the config's batch split over every device, state replicated, donated; with
+               train.feed 'device' (the default) D_g's N images on every device too
   sampler      one batch of the config's sample.batch_size, split over every device
   knn          the scorer's kNN of the pool against D_g in pixels, the queries split over the
                devices of a host (as neighbours.knn runs), uint8 in
@@ -108,15 +109,21 @@ def train_program(cfg, graphdef, params, key, mesh) -> dict:
     steps = train.total_steps(cfg, cfg.data.n)
     tx = train.make_optimizer(cfg, steps)
     state = jax.eval_shape(lambda p: train.init_state(p, tx, cfg.train.ema), params)
+    # one step a call (train.steps_per_call scans the same step)
     step = train.make_train_step(graphdef, tx, diffusion.alphas_cumprod(cfg), cfg, mesh)
-    compiled = step.lower(_abstract(state, rep),
-                          jax.ShapeDtypeStruct((b, r, r, c), jnp.uint8, sharding=dat),
-                          jax.ShapeDtypeStruct((b,), jnp.int32, sharding=dat), key).compile()
+    if cfg.train.feed == 'host':  # one batch, split over the devices
+        data = (jax.ShapeDtypeStruct((b, r, r, c), jnp.uint8, sharding=dat),
+                jax.ShapeDtypeStruct((b,), jnp.int32, sharding=dat))
+    else:  # D_g (N images) on every device, and the rows of each step's batch
+        n = cfg.data.n
+        data = (jax.ShapeDtypeStruct((n, r, r, c), jnp.uint8, sharding=rep),
+                jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep),
+                jax.ShapeDtypeStruct((1, b), jnp.int32, sharding=rep))
+    compiled = step.lower(_abstract(state, rep), *data, key).compile()
     cost = compiled.cost_analysis()  # of one device's program
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return dict(memory=memory(compiled), batch=b,
-                batch_per_device=compiled.input_shardings[0][1].shard_shape((b, r, r, c))[0],
-                flops=float(cost['flops']) * mesh.size)
+    return dict(memory=memory(compiled), batch=b, batch_per_device=dat.shard_shape((b,))[0],
+                feed=cfg.train.feed, flops=float(cost['flops']) * mesh.size)
 
 
 def sample_program(cfg, graphdef, params, key, mesh) -> dict:

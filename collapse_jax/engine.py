@@ -190,12 +190,12 @@ class Engine:
         need(not diff, f'this engine was compiled for another config ({", ".join(diff)} differ); '
              'build an Engine for this config')
 
-    def _step(self, cfg, steps):
-        sig = train_lib.step_signature(cfg, steps)
+    def _step(self, cfg, steps, calls=1):
+        sig = (train_lib.step_signature(cfg, steps), calls)
         if sig not in self.train_steps:
             self.train_steps[sig] = train_lib.make_train_step(
                 self.graphdef, train_lib.make_optimizer(cfg, steps), diffusion.alphas_cumprod(cfg),
-                cfg, self.mesh)
+                cfg, self.mesh, calls)
         return self.train_steps[sig]
 
     def train(self, cfg, images: np.ndarray, labels, generation: int, ckpt_dir, params,
@@ -203,32 +203,45 @@ class Engine:
         """Trains a fresh model from `params` on `images` (uint8 [n, h, w, c]), resuming from
         `ckpt_dir` if a checkpoint is there. The batch order and the step's key depend only on
         (seed, generation, step), so a resumed training takes the steps an uninterrupted one
-        would."""
-        ev, n = events or Events(), images.shape[0]
+        would. train.feed 'device' keeps the images on the devices and gathers each batch there
+        (train.steps_per_call steps a call); 'host' gathers in NumPy and transfers each batch."""
+        ev, n, t = events or Events(), images.shape[0], cfg.train
         steps = train_lib.total_steps(cfg, n)
         tx = train_lib.make_optimizer(cfg, steps)
-        state = jax.device_put(train_lib.init_state(params, tx, cfg.train.ema),
+        state = jax.device_put(train_lib.init_state(params, tx, t.ema),
                                parallel.replicated(self.mesh))
         mngr = train_lib.checkpoint_manager(ckpt_dir)
         start = mngr.latest_step()
         if start is not None:
             state = mngr.restore(start, args=ocp.args.StandardRestore(state))
             log.info('generation %d: resumed training at step %d/%d', generation, start, steps)
-        start, step_fn, lr = start or 0, self._step(cfg, steps), train_lib.lr_schedule(cfg, steps)
+        start, lr = start or 0, train_lib.lr_schedule(cfg, steps)
         gen_key = streams.jax_key(cfg.seed, 'train', generation)
         labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)
-        progress, b, stopped = ev.progress or Progress(), cfg.train.batch_size, False
+        if t.feed == 'device':
+            on_device = parallel.replicate(self.mesh, images), parallel.replicate(self.mesh, labels)
+        progress, b, stopped = ev.progress or Progress(), t.batch_size, False
         progress.start_training(start, steps)
+
+        def is_end(done):  # a step that logs, saves or runs a hook ends its call
+            return (done % t.log_every == 0 or done % t.ckpt_every == 0 or done == steps
+                    or done in ev.hooks)
         try:
-            for step in range(start, steps):
-                idx = train_lib.batch_indices(n, b, step, cfg.seed, generation)
-                state, metrics = step_fn(state, parallel.shard_batch(self.mesh, images[idx]),
-                                         parallel.shard_batch(self.mesh, labels[idx]), gen_key)
-                done, stopped = step + 1, ev.should_stop()
+            for step, k in train_lib.calls(start, steps, t.steps_per_call, is_end):
+                rows = np.stack([train_lib.batch_indices(n, b, s, cfg.seed, generation)
+                                 for s in range(step, step + k)])
+                if t.feed == 'device':
+                    state, metrics = self._step(cfg, steps, k)(
+                        state, *on_device, parallel.replicate(self.mesh, rows.astype(np.int32)),
+                        gen_key)
+                else:
+                    state, metrics = self._step(cfg, steps)(
+                        state, parallel.shard_batch(self.mesh, images[rows[0]]),
+                        parallel.shard_batch(self.mesh, labels[rows[0]]), gen_key)
+                done, stopped = step + k, ev.should_stop()
                 hook = ev.hooks.get(done)
-                save = (done % cfg.train.ckpt_every == 0 or done == steps or stopped
-                        or hook is not None)
-                if not (save or done % cfg.train.log_every == 0):
+                save = done % t.ckpt_every == 0 or done == steps or stopped or hook is not None
+                if not (save or done % t.log_every == 0):
                     continue  # no host sync between progress lines
                 lv = float(metrics['loss'])
                 if not np.isfinite(lv):  # checked before any save: the last checkpoint stays good
@@ -236,7 +249,7 @@ class Engine:
                         f'generation {generation}: non-finite loss {lv} at step {done}; the last '
                         f'good checkpoint is in {ckpt_dir}; rerun with a lower --config.train.lr '
                         'to resume from it')
-                if done % cfg.train.log_every == 0 or done == steps:
+                if done % t.log_every == 0 or done == steps:
                     rate, eta = progress.line(done)
                     log.info('generation %d step %d/%d loss %.4f %.1f img/s, %s', generation,
                              done, steps, lv, rate * b, eta)

@@ -71,6 +71,11 @@ def shard_batch(mesh, global_rows: np.ndarray):
                                                   global_rows.shape)
 
 
+def replicate(mesh, x: np.ndarray):
+    """A host array (identical on every process) -> a copy on every device of the mesh."""
+    return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])
+
+
 def check_divisible(batch: int, field: str):
     n = jax.device_count()
     if batch % n:

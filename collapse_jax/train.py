@@ -22,6 +22,7 @@ from collapse_jax.data import need
 
 
 DTYPES = ('auto', 'float32', 'bfloat16')
+FEEDS = ('device', 'host')
 
 
 def compute_dtype(cfg, platform: str | None = None) -> str:
@@ -54,7 +55,7 @@ def init_params(cfg):
 
 
 # train fields that the compiled step does not depend on (the rest key the compiled step)
-NOT_COMPILED = ('log_every', 'ckpt_every')
+NOT_COMPILED = ('log_every', 'ckpt_every', 'steps_per_call')  # calls key the step apart
 
 
 def step_signature(cfg, steps: int) -> tuple:
@@ -87,8 +88,12 @@ def check_config(cfg) -> None:
         need(t[field] > 0, f'train.{field}={t[field]}; must be > 0')
     for field in ('weight_decay', 'warmup_steps'):
         need(t[field] >= 0, f'train.{field}={t[field]}; must be >= 0')
-    for field in ('log_every', 'ckpt_every'):
+    for field in ('log_every', 'ckpt_every', 'steps_per_call'):
         need(t[field] > 0, f'train.{field}={t[field]}; must be > 0')
+    need(t.feed in FEEDS, f'train.feed={t.feed!r}; allowed: {", ".join(FEEDS)}')
+    need(t.feed == 'device' or t.steps_per_call == 1,
+         f"train.steps_per_call={t.steps_per_call} needs train.feed='device'; allowed with "
+         "'host': 1")
 
 
 def total_steps(cfg, n: int) -> int:
@@ -119,9 +124,16 @@ def init_state(params, tx, use_ema: bool):
                 loss=jnp.zeros((), jnp.float32))
 
 
-def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh):
-    """step(state, images_u8, labels, gen_key) -> (state, {'loss', 'grad_norm'}); batch sharded,
-    state replicated. grad_norm is the global norm before clipping. The state keeps the last loss
+def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh, calls: int = 1):
+    """The compiled train step; state replicated and donated, the batch sharded over 'data'.
+
+    train.feed 'host': step(state, images_u8 [b, ...], labels [b], gen_key): the caller gathers
+    and transfers each batch. train.feed 'device': step(state, images_u8 [n, ...], labels [n],
+    rows [calls, b], gen_key): D_g stays on the devices (replicated) and each batch is gathered
+    there; `calls` steps run in one call (lax.scan). One step a call gives the host feed's bits;
+    several give the same steps in another program, equal up to float rounding (the loop body is
+    compiled apart), and a resumed run the bits of an uninterrupted one (its calls fall on the
+    same steps). Both return (state, {'loss', 'grad_norm'}) of the last step; grad_norm is the global norm before clipping. The state keeps the last loss
     too, so a resumed run can report it."""
     loss_fn = diffusion.make_loss_fn(graphdef, alphas_cumprod, num_classes=cfg.model.num_classes,
                                      label_dropout=cfg.model.label_dropout)
@@ -142,7 +154,23 @@ def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh):
         return new, dict(loss=loss, grad_norm=optax.tree.norm(grads))
 
     rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, dat, dat, rep), out_shardings=(rep, rep),
+    if cfg.train.feed == 'host':
+        return jax.jit(step, in_shardings=(rep, dat, dat, rep), out_shardings=(rep, rep),
+                       donate_argnums=0)
+
+    def steps(state, images, labels, rows, gen_key):
+        def one(state, r):  # the rows are replicated: each device keeps its part of the batch
+            # the barrier keeps the gather out of the step's fusions: the same program, so the
+            # same bits, as a batch fed from the host
+            x, y = jax.lax.optimization_barrier((
+                jax.lax.with_sharding_constraint(images[r], dat),
+                jax.lax.with_sharding_constraint(labels[r], dat)))
+            return step(state, x, y, gen_key)
+        if calls == 1:
+            return one(state, rows[0])
+        state, metrics = jax.lax.scan(one, state, rows)
+        return state, jax.tree.map(lambda m: m[-1], metrics)
+    return jax.jit(steps, in_shardings=(rep, rep, rep, rep, rep), out_shardings=(rep, rep),
                    donate_argnums=0)
 
 
@@ -156,6 +184,18 @@ def batch_indices(n: int, batch: int, step: int, seed: int, generation: int) -> 
         sel = pos // n == epoch
         out[sel] = perm[pos[sel] % n]
     return out
+
+
+def calls(start: int, steps: int, per_call: int, is_end):
+    """(first step, steps in the call) of each call from `start`: `per_call` steps, unless a
+    step that logs, saves or runs a hook (`is_end(done)`) would fall inside the call; then one at
+    a time until it has passed. So each such step ends a call."""
+    s = start
+    while s < steps:
+        k = per_call if s + per_call <= steps and not any(
+            is_end(d) for d in range(s + 1, s + per_call)) else 1
+        yield s, k
+        s += k
 
 
 def saveable(state):

@@ -63,6 +63,9 @@ def get_config():
     t.ema_decay = 0.9999            # max EMA decay; warm-up min(decay, (1 + n) / (10 + n))
     t.log_every = 100               # steps between progress lines (loss, images/s)
     t.ckpt_every = 1000             # steps between preemption checkpoints
+    t.feed = 'device'               # 'device': D_g stays on every device, batches gathered there;
+                                    # 'host': gathered in NumPy, sent each step (D_g too big)
+    t.steps_per_call = 1            # train steps per compiled call (lax.scan; feed 'device')
 
     c.sample = s = ml_collections.ConfigDict()
     s.steps = 1000                  # ancestral steps (respaced 'leading' like diffusers if < T)

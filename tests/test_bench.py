@@ -79,7 +79,7 @@ def test_device_bench_smoke_runs_every_row_and_writes_each_as_it_goes(tmp_path):
                          'memory bandwidth (4 MiB read + written)']
     assert [n for n in names if n.startswith('train step')] == [
         f'train step tiny {d} batch=4 fed from {f}' for d in ('bfloat16', 'float32')
-        for f in ('host', 'device')]
+        for f in ('host', 'device', 'device, 2 steps a call')]
     assert len([n for n in names if n.startswith('sampler tiny')]) == 2
     for r in lines[:-1]:  # ours: measured, and MFU against the measured matmul in (0, 1.5)
         assert np.isfinite(r['value']) and r['value'] > 0, r

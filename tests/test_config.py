@@ -22,7 +22,7 @@ OUT_OF_RANGE = {
     'train.batch_size': 0, 'train.epochs': -1, 'train.steps': -5, 'train.lr': 0.0,
     'train.b1': 1.0, 'train.b2': -0.1, 'train.eps': 0.0, 'train.weight_decay': -1e-3,
     'train.warmup_steps': -1, 'train.grad_clip': 0.0, 'train.ema_decay': 1.5,
-    'train.log_every': 0, 'train.ckpt_every': 0,
+    'train.log_every': 0, 'train.ckpt_every': 0, 'train.feed': 'disk', 'train.steps_per_call': 0,
     'sample.steps': 1001, 'sample.batch_size': 0, 'sample.variance': 'learned',
     'sample.guidance': -1.0,
     'loop.generations': 0, 'loop.paradigm': 'mix', 'loop.selection': 'best', 'loop.pool_factor': 3,
@@ -69,6 +69,13 @@ def test_out_of_range_is_one_line_naming_the_field(field):
         loop.validate(cfg)
     msg = str(e.value)
     assert '\n' not in msg and field.split('.')[-1] in msg, msg
+
+
+def test_several_steps_a_call_need_the_device_feed():
+    cfg = default.get_config()
+    cfg.train.update(feed='host', steps_per_call=4)
+    with pytest.raises(ValueError, match="train.steps_per_call=4 needs train.feed='device'"):
+        loop.validate(cfg)
 
 
 @pytest.mark.parametrize('field', sorted(TYPE_ONLY))

@@ -52,7 +52,7 @@ def test_compiled_programs_go_to_the_persistent_cache(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     # the train step compiles for seconds: above JAX's threshold for a cache entry (1 s)
-    assert any(f.startswith('jit_step-') for f in os.listdir(cache)), os.listdir(cache)
+    assert any(f.startswith('jit_steps-') for f in os.listdir(cache)), os.listdir(cache)
 
 
 @pytest.mark.slow

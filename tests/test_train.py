@@ -37,7 +37,7 @@ def run_steps(cfg, mesh, images, steps, compiled=None):
 
 @pytest.fixture(scope='module')
 def four_device_step():
-    cfg = tiny_config(ema=True)
+    cfg = tiny_config(ema=True, feed='host')  # the step itself, fed batch by batch
     return cfg, make_step(cfg, parallel.make_mesh())
 
 
@@ -93,16 +93,44 @@ def test_interrupted_training_resumes_to_the_same_weights(digits, tmp_path, gene
 
 
 @pytest.mark.slow
+def test_device_feed_gives_the_host_feeds_bits_and_several_steps_a_call_resume_exactly(
+        digits, tmp_path):
+    """D_g on the devices, each batch gathered there: the same weights, bit for bit, as batches
+    gathered in NumPy and sent (one step a call). Four steps a call (lax.scan) take the same
+    steps in another program: within float rounding of those, and a run stopped after a call
+    resumes to the uninterrupted run's bits (its calls fall on the same steps)."""
+    out = {}
+    for name, kw in (('host', dict(feed='host')), ('device', {}),
+                     ('scan', dict(steps_per_call=4))):
+        cfg = tiny_config(steps=12, ckpt_every=4, ema=True, **kw)
+        eng = engine_lib.Engine(cfg, parallel.make_mesh())
+        out[name] = eng.train(cfg, *digits, 1, str(tmp_path / name), train.init_params(cfg))
+    assert cfg.train.feed == 'device' and cfg.train.log_every == 5  # a call of 4, then ones
+    assert sorted(k for _, k in eng.train_steps) == [1, 4]
+    leaves = {k: jax.tree.leaves(jax.device_get(r.state)) for k, r in out.items()}
+    for a, b, c in zip(leaves['host'], leaves['device'], leaves['scan']):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(c, a, rtol=1e-2, atol=2e-3)
+    calls = iter(range(100))  # stop after the second call (step 5)
+    part = eng.train(cfg, *digits, 1, str(tmp_path / 'stopped'), train.init_params(cfg),
+                     engine_lib.Events(should_stop=lambda: next(calls) == 1))
+    assert part.stopped and int(part.state['step']) == 5
+    resumed = eng.train(cfg, *digits, 1, str(tmp_path / 'stopped'), train.init_params(cfg))
+    for a, b in zip(leaves['scan'], jax.tree.leaves(jax.device_get(resumed.state))):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path, generation):
     cfg, eng, params = generation
     real = eng._step(cfg, 12)
 
-    def poisoned(state, x, y, key):  # the real step, with the loss turning NaN at step 6
-        state, m = real(state, x, y, key)
+    def poisoned(state, *batch):  # the real step, with the loss turning NaN at step 6
+        state, m = real(state, *batch)
         return state, dict(m, loss=jnp.where(state['step'] >= 6, jnp.nan, m['loss']))
 
     bad = engine_lib.Engine(cfg, eng.mesh)
-    bad.train_steps = {train.step_signature(cfg, 12): poisoned}
+    bad.train_steps = {(train.step_signature(cfg, 12), 1): poisoned}
     with pytest.raises(FloatingPointError, match='lower --config.train.lr'):
         bad.train(cfg, *digits, 1, str(tmp_path), params)
     assert train.checkpoint_manager(str(tmp_path)).latest_step() == 4

@@ -241,7 +241,7 @@ def bench_train(rows, preset, batch):
     from configs import default
     from collapse_jax import diffusion, parallel, train
     cfg = default.get_config()
-    cfg.model.preset, cfg.train.batch_size = preset, batch
+    cfg.model.preset, cfg.train.batch_size, cfg.train.feed = preset, batch, 'host'
     mesh = parallel.make_mesh()
     graphdef, params = train.model_graph(cfg), train.init_params(cfg)
     tx = train.make_optimizer(cfg, 1000)

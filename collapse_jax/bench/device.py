@@ -7,8 +7,10 @@ cut short keeps what it measured):
   sampler  UNet48 in bf16 and f32 at batch 256 and 1,024: UNet evaluations/s, images/s at 1,000
            steps, MFU against the chip's spec peak and against the matmul measured above; FLOPs
            from the lowered program, checked against the README's per-evaluation count
-  train    the UNet48 train step in bf16 and f32 at batch 128 and 512, fed from the host (a NumPy
-           gather and transfer per step, as training does) and from a batch already on the device
+  train    the UNet48 train step in bf16 and f32 at batch 128 and 512, as training runs it: fed from
+           the host (train.feed 'host': a NumPy gather and transfer per step), from the device
+           (the default: D_g on the device, the batch gathered there) and from the device with
+           10 steps a call (train.steps_per_call, lax.scan)
   knn      the kNN scorer's rate at n = 16,384, d = 3,072
   greedy   greedy selection, int8 (exact) against f64 and f32: time, and how many picks agree
   peers    in a second process, so that each framework has the whole device (bench/peers.py):
@@ -42,10 +44,12 @@ SPEC = {'NVIDIA H200': dict(bfloat16=989e12, tf32=494e12, float32=67e12, hbm=4.8
 SIZES = {
     'device': dict(preset='UNet48', res=32, matmul=8192, bw_elems=2 ** 28,
                    sample_batches=(256, 1024),
-                   sample_steps=20, train_batches=(128, 512), train_steps=20, knn_n=16384,
+                   sample_steps=20, train_batches=(128, 512), train_steps=40, train_scan=10,
+                   knn_n=16384,
                    knn_d=3072, greedy_m=16384, greedy_n=8192, greedy_d=3072, evals=1.0e9),
     'smoke': dict(preset='tiny', res=8, matmul=256, bw_elems=2 ** 20, sample_batches=(4,),
-                  sample_steps=2, train_batches=(4,), train_steps=2, knn_n=256, knn_d=64,
+                  sample_steps=2, train_batches=(4,), train_steps=4, train_scan=2, knn_n=256,
+                  knn_d=64,
                   greedy_m=256, greedy_n=64, greedy_d=64, evals=None),
 }
 
@@ -138,37 +142,45 @@ def sampler(rows, z, measured):
 
 
 def train_steps(rows, z, measured):
+    """The train step as Engine.train runs it: fed from the host (rows gathered in NumPy and sent
+    each step), from the device (D_g on the device, the batch gathered there), and from the
+    device with train_scan steps a call (lax.scan)."""
     from collapse_jax import diffusion, engine, parallel, train
-    mesh = parallel.make_mesh()
+    mesh, per_call = parallel.make_mesh(), z['train_scan']
     for dtype in ('bfloat16', 'float32'):
         for b in z['train_batches']:
-            cfg = _config(z, dtype, b)
-            graphdef = train.model_graph(cfg)
-            flops = 3 * engine.unet_flops(cfg, graphdef)  # forward and backward, per image
-            tx = train.make_optimizer(cfg, 1000)
-            step = train.make_train_step(graphdef, tx, diffusion.alphas_cumprod(cfg), cfg, mesh)
             data = np.random.default_rng(0).integers(0, 256, (8 * b, z['res'], z['res'], 3),
                                                      dtype=np.uint8)
             labels = np.zeros(len(data), np.int32)
-            hold = {'s': jax.device_put(train.init_state(train.init_params(cfg), tx, False),
-                                        parallel.replicated(mesh))}
-            key, on_device = jax.random.key(0), (parallel.shard_batch(mesh, data[:b]),
-                                                 parallel.shard_batch(mesh, labels[:b]))
+            on_device = parallel.replicate(mesh, data), parallel.replicate(mesh, labels)
+            flops = None
+            for feed, k in (('host', 1), ('device', 1), ('device', per_call)):
+                cfg = _config(z, dtype, b)
+                cfg.train.feed = feed
+                graphdef = train.model_graph(cfg)
+                flops = flops or 3 * engine.unet_flops(cfg, graphdef)  # per image, fwd + bwd
+                tx = train.make_optimizer(cfg, 1000)
+                step = train.make_train_step(graphdef, tx, diffusion.alphas_cumprod(cfg), cfg,
+                                             mesh, k)
+                hold = {'s': jax.device_put(train.init_state(train.init_params(cfg), tx, False),
+                                            parallel.replicated(mesh))}
+                key = jax.random.key(0)
 
-            def run(feed, k=z['train_steps']):
-                for i in range(k):
-                    if feed == 'host':  # as Engine.train: gather rows in NumPy, transfer
-                        idx = train.batch_indices(len(data), b, i, 0, 0)
-                        x, y = (parallel.shard_batch(mesh, data[idx]),
-                                parallel.shard_batch(mesh, labels[idx]))
-                    else:
-                        x, y = on_device
-                    hold['s'], m = step(hold['s'], x, y, key)
-                return m['loss']
-            for feed in ('host', 'device'):
-                s, first = timed(lambda: run(feed), 2)
+                def run(feed=feed, k=k, step=step, hold=hold, key=key):
+                    for i in range(0, z['train_steps'], k):
+                        rows_ = np.stack([train.batch_indices(len(data), b, i + j, 0, 0)
+                                          for j in range(k)])
+                        if feed == 'host':  # as Engine.train with feed 'host'
+                            hold['s'], m = step(hold['s'], parallel.shard_batch(mesh, data[rows_[0]]),
+                                                parallel.shard_batch(mesh, labels[rows_[0]]), key)
+                        else:
+                            hold['s'], m = step(hold['s'], *on_device, parallel.replicate(
+                                mesh, rows_.astype(np.int32)), key)
+                    return m['loss']
+                s, first = timed(run, 2)
                 ips = b * z['train_steps'] / s
-                rows.add(f'train step {z["preset"]} {dtype} batch={b} fed from {feed}', ips,
+                how = f'{feed}' + (f', {k} steps a call' if k > 1 else '')
+                rows.add(f'train step {z["preset"]} {dtype} batch={b} fed from {how}', ips,
                          'img/s', compile_s=max(first - s, 0.0), gflop_per_img=flops / 1e9,
                          **_mfu(rows, ips * flops, dtype, measured))
 
@@ -240,7 +252,7 @@ def ratios(rows, z):
     p = z['preset']
     pairs = [(f'sampler {p} {d} batch={b}', f'peer DDPMPipeline loop {p} {d} batch={b}')
              for d in ('bfloat16', 'float32') for b in z['sample_batches']]
-    pairs += [(f'train step {p} bfloat16 batch={b} fed from host',
+    pairs += [(f'train step {p} bfloat16 batch={b} fed from device',
                f'peer torch train step {p} bf16 autocast, fused AdamW batch={b}')
               for b in z['train_batches']]
     pairs.append((f"knn scorer n={z['knn_n']} d={z['knn_d']}",
