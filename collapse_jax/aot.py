@@ -168,10 +168,10 @@ def greedy_program(cfg, devices) -> dict:
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from collapse_jax import selection
+    from collapse_jax import paradigms, selection
     n, d = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels
     pool, variants = n * cfg.loop.pool_factor, engine_variants(cfg)
-    m = max(sum(len(rows) for _, rows in selection.candidate_sources(
+    m = max(sum(len(rows) for _, rows in paradigms.candidate_sources(
         v.paradigm, cfg.loop.generations - 2, n, pool, np.random.default_rng(0)))
         for v in variants) if cfg.loop.generations > 1 else pool
     m += (-m) % len(devices)

@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from collapse_jax import diffusion, parallel, selection, streams
+from collapse_jax import diffusion, paradigms, parallel, streams
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
 
@@ -58,7 +58,7 @@ def work(cfg, runs) -> dict:
     for n, variants in runs:
         for g in range(lp.generations):
             for v in (variants[:1] if g == 0 else variants):
-                grow = v.paradigm == 'accumulate' and selection.keeps_all(*v)
+                grow = v.paradigm == 'accumulate' and paradigms.keeps_all(*v)
                 size = n * (1 + g * lp.pool_factor) if grow else n
                 images += train_lib.total_steps(cfg, size) * cfg.train.batch_size
                 evals += (n * lp.pool_factor + cfg.score.eval_n) * evals_per_image

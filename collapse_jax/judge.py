@@ -9,7 +9,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from collapse_jax import data, features, measure, scoring, selection, streams
+from collapse_jax import data, features, measure, paradigms, scoring, streams
 
 
 def pixel_variance(images) -> float:
@@ -60,14 +60,15 @@ class Judge:
             self._cache[key] = fn()
         return self._cache[key]
 
-    def record(self, g, d_g, pool, sample, draws):
+    def record(self, g, d_g, pool, sample, draws, pool_features=None):
         """(generation g's record, each pool image's nearest D_g index). Pixels (entropy: nats,
         0-255; GS, variance: [-1, 1]): D_g's entropy, S_g's GS, gs_ratio, memorization (ratio
         test and calibrated), effective dimension and intensity; relative copying against H_g
         (`heldout`, from `draws`: {'S<i>': E_i} of generation g - 1's sources, None at g = 0);
         in the selection's feature space: entropy and GS; in the score space: FD (beside its
         floor) and precision/recall of `sample` (E_g, or S_g if None), and recognizable; for digits
-        (1 channel), GS in the digits classifier's space (gs_digits)."""
+        (1 channel), GS in the digits classifier's space (gs_digits). pool_features: the pool's
+        in the selection's space, if the caller has them."""
         cfg, fz = self.cfg, self.featurize
         px, nn_idx = measure.pixel_measures(d_g.images, pool, cfg.score.k, cfg.score.mem_ratio,
                                             copy_threshold=self.copy_threshold(),
@@ -87,24 +88,28 @@ class Judge:
                          variance=cfg.sample.variance, guidance=cfg.sample.guidance))
         rec.update(copying(pool, d_g.images, *self.heldout(g, draws)))
         rec.update(self.fidelity((pool if sample is None else sample)[:cfg.score.fd_n or None]))
-        rec.update(measure.space_measures(fz(d_g.images), fz(pool), cfg.score.k))
+        train_f = fz(d_g.images)
+        pool_f = fz(pool) if pool_features is None else np.asarray(pool_features)
+        rec.update(measure.space_measures(train_f, pool_f, cfg.score.k))
         if cfg.data.channels == 1:  # a GS that does not share the pixel entropy's geometry
-            dz = features.get('digits', cfg.features, cfg.features.batch_size)
-            rec['gs_digits'] = scoring.generalization_score(dz(pool), dz(d_g.images), 'l2')
+            if fz.name != 'digits':
+                dz = features.get('digits', cfg.features, cfg.features.batch_size)
+                train_f, pool_f = dz(d_g.images), dz(pool)
+            rec['gs_digits'] = scoring.generalization_score(pool_f, train_f, 'l2')
         return rec, nn_idx
 
     def heldout(self, g, draws):
         """(H_g, what it is): held-out real images at generation 0; later D_g's construction
-        repeated on independent draws (selection.heldout_set)."""
+        repeated on independent draws (paradigms.heldout_set)."""
         cfg = self.cfg
         if g == 0:
             return self.heldout_real, 'held-out real'
         if not cfg.score.eval_n:
             return None, 'none (score.eval_n = 0)'
-        return selection.heldout_set(cfg.loop, g - 1, cfg.data.n, draws, self.heldout_real,
+        return paradigms.heldout_set(cfg.loop, g - 1, cfg.data.n, draws, self.heldout_real,
                                      rng=streams.numpy_rng(cfg.seed, 'mirror', g - 1),
                                      featurize=self.featurize,
-                                     fresh_n=selection.fresh_per_generation(cfg))
+                                     fresh_n=paradigms.fresh_per_generation(cfg))
 
     def fidelity(self, sample) -> dict:
         """FD and precision/recall of `sample` against the held-out reference, the FD between two

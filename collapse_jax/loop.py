@@ -19,7 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from collapse_jax import (data, diffusion, features, files, layout, measure, metrics, report,
-                          selection, streams)
+                          paradigms, streams)
 from collapse_jax import engine as engine_lib
 from collapse_jax import judge as judge_lib
 from collapse_jax import train as train_lib
@@ -32,10 +32,10 @@ def validate(cfg, dataset_size: int | None = None):
     """Every section's own checks, composed; raises ValueError naming the field."""
     check_top_level(cfg)
     for check in (data.check_config, train_lib.check_config, diffusion.check_config,
-                  selection.check_config, measure.check_config, features.check_config):
+                  paradigms.check_config, measure.check_config, features.check_config):
         check(cfg)
     if dataset_size is not None:
-        extra = selection.fresh_per_generation(cfg) * (cfg.loop.generations - 1)
+        extra = paradigms.fresh_per_generation(cfg) * (cfg.loop.generations - 1)
         need(cfg.data.n + extra <= dataset_size,
              f'data.n={cfg.data.n} (+{extra} fresh) exceeds the {dataset_size} images of '
              f'data.source={cfg.data.source!r}')
@@ -144,7 +144,7 @@ def real_split(cfg) -> data.RealSplit:
          f'model.num_classes={cfg.model.num_classes} but data.source={cfg.data.source!r} '
          'has no labels')
     return data.RealSplit(images, labels, n=cfg.data.n, seed=cfg.seed,
-                          fresh_per_generation=selection.fresh_per_generation(cfg),
+                          fresh_per_generation=paradigms.fresh_per_generation(cfg),
                           generations=cfg.loop.generations)
 
 
@@ -161,6 +161,7 @@ class Run:
         self.judge = judge_lib.Judge(cfg, self.real)
         self.writer = jax.process_index() == 0
         self._pools, self._evals = {}, {}  # generation -> S_g (images, labels) / E_g images
+        self._real_features = None
         # the ETA: generations the job trains after this variant's
         self.later, self.progress = later, progress or engine_lib.Progress()
 
@@ -240,6 +241,26 @@ class Run:
             self._evals[g] = self.dir.gen(g).load_eval()
         return self._evals[g]
 
+    def features(self, source: str, images):
+        """The selection space's features of a source ('real' or 'S<i>'), made once per run: a
+        pool never changes, so its features are kept beside it (gen_XXX/features_<space>.npy)
+        for every later generation that reads them, accumulate's especially, and for a resumed
+        run. None in pixel space (the features are the pixels)."""
+        fz = self.judge.featurize
+        if fz.name == 'pixel':
+            return None
+        if source == 'real':
+            if self._real_features is None:
+                self._real_features = fz(images)
+            return self._real_features
+        path = self.dir.gen(int(source[1:])).file(f'features_{fz.name}.npy')
+        if os.path.exists(path):
+            return np.load(path, mmap_mode='r')
+        feats = fz(images)
+        if self.writer:
+            files.save_npy(path, feats)
+        return feats
+
     def train_and_sample(self, g, d_g: layout.TrainSet, should_stop=lambda: False):
         """Trains generation g's model (resuming its checkpoint) and samples its pool. Returns
         the phase's times, or None if stopped by SIGTERM."""
@@ -282,8 +303,9 @@ class Run:
         cfg, t0 = self.cfg, time.time()
         draws = None if g == 0 or not cfg.score.eval_n else {
             s: self.eval_sample(int(s[1:]))
-            for s in selection.source_names(cfg.loop.paradigm, g - 1) if s != 'real'}
-        rec, nn_idx = self.judge.record(g, d_g, pool, self.eval_sample(g), draws)
+            for s in paradigms.source_names(cfg.loop.paradigm, g - 1) if s != 'real'}
+        rec, nn_idx = self.judge.record(g, d_g, pool, self.eval_sample(g), draws,
+                                        self.features(f'S{g}', pool))
         rt = engine_lib.runtime(cfg)  # not the device count: 1 and 4 devices choose the same
         rec.update({k: rt[k] for k in ('backend', 'device_kind', 'compute_dtype')})
         if self.writer:
@@ -304,17 +326,20 @@ class Run:
         under 'fresh'."""
         cfg, t0 = self.cfg, time.time()
         sources = {s: self.real.d0() if s == 'real' else self.pool(int(s[1:]))
-                   for s in selection.source_names(cfg.loop.paradigm, g)}
+                   for s in paradigms.source_names(cfg.loop.paradigm, g)}
         fresh = None
-        if selection.fresh_per_generation(cfg):
+        if paradigms.fresh_per_generation(cfg):
             rows = self.real.fresh_rows(g)
             fresh = (self.real.images[rows],
                      None if self.real.labels is None else self.real.labels[rows], rows)
+        feats = None
+        if cfg.loop.selection in ('greedy', 'threshold') and self.judge.featurize.name != 'pixel':
+            feats = {s: self.features(s, images) for s, (images, _) in sources.items()}
         try:
-            d = selection.next_training_set(
+            d = paradigms.next_training_set(
                 cfg.loop, g, cfg.data.n, sources, rng=streams.numpy_rng(cfg.seed, 'candidates', g),
                 seed=streams.numpy_seed(cfg.seed, 'selection', g), featurize=self.judge.featurize,
-                fresh=fresh)
+                fresh=fresh, features=feats)
         except ValueError as e:
             raise ValueError(f'generation {g + 1}, loop.selection={cfg.loop.selection}: {e}') \
                 from None

@@ -168,7 +168,10 @@ def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh, calls: int = 1):
             return step(state, x, y, gen_key)
         if calls == 1:
             return one(state, rows[0])
-        state, metrics = jax.lax.scan(one, state, rows)
+        # XLA:CPU runs the UNet's step inside a rolled loop 26x slower (measured: 1.3 against
+        # 33.8 img/s, UNet48 batch 32), so there the loop is unrolled
+        cpu = mesh.devices.flat[0].platform == 'cpu'
+        state, metrics = jax.lax.scan(one, state, rows, unroll=cpu)
         return state, jax.tree.map(lambda m: m[-1], metrics)
     return jax.jit(steps, in_shardings=(rep, rep, rep, rep, rep), out_shardings=(rep, rep),
                    donate_argnums=0)

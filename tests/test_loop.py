@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from collapse_jax import loop, selection
+from collapse_jax import loop, paradigms, selection
 from collapse_jax.engine import Engine
 from collapse_jax import train as train_lib
 from helpers import crash_once, run_one, strip, tiny
@@ -361,3 +361,33 @@ def test_experiment_configs_validate():
     for mod in (cifar10_paper, study_cifar10):  # the paper's spaces need the user's weights
         with pytest.raises(ValueError, match="loop.feature_space='dinov2' needs features.dinov2"):
             loop.sweep_configs(mod.get_config(), '/unused')
+
+
+@pytest.mark.slow
+def test_each_pool_is_featurized_once_across_generations(tmp_path, engine, monkeypatch):
+    """accumulate selects from D_0 and every pool so far, each generation: in a feature space,
+    each pool's features are made once (for its scoring), kept beside it and read by every later
+    selection, and the picks are the ones featurizing the candidates afresh gives."""
+    import hashlib
+    from collapse_jax import features
+    seen, real_call = [], features.Featurizer.__call__
+
+    def spy(self, images):
+        if self.name == 'digits':
+            seen.append(hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest())
+        return real_call(self, images)
+    monkeypatch.setattr(features.Featurizer, '__call__', spy)
+    cfg = tiny(paradigm='accumulate', selection='greedy', feature_space='digits', generations=3)
+    run_one(cfg, str(tmp_path), engine)
+    pools = [np.load(tmp_path / f'gen_{g:03d}' / 'pool.npy') for g in range(3)]
+    for g, pool in enumerate(pools):
+        assert seen.count(hashlib.sha1(pool.tobytes()).hexdigest()) == 1, g
+        np.testing.assert_array_equal(np.load(tmp_path / f'gen_{g:03d}' / 'features_digits.npy'),
+                                      real_call(features.get('digits'), pool))
+    # generation 2's training set, rebuilt with the candidates featurized afresh: the same
+    r = loop.Run(cfg, str(tmp_path), engine)
+    sources = {'real': r.real.d0(), 'S0': (pools[0], None), 'S1': (pools[1], None)}
+    fresh = paradigms.next_training_set(
+        cfg.loop, 1, cfg.data.n, sources, rng=loop.streams.numpy_rng(cfg.seed, 'candidates', 1),
+        seed=loop.streams.numpy_seed(cfg.seed, 'selection', 1), featurize=features.get('digits'))
+    np.testing.assert_array_equal(fresh.images, np.load(tmp_path / 'gen_002' / 'train_images.npy'))

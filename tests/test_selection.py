@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from collapse_jax import selection
+from collapse_jax import paradigms, selection
 from collapse_jax import greedy_select, knn_entropy, threshold_select
 
 
@@ -84,7 +84,7 @@ def test_greedy_raises_entropy_over_random():
     ('accumulate_subsample', 1, {'real': 7, 'S0': 7, 'S1': 6}),
 ])
 def test_paradigm_candidate_sets(paradigm, g, expected):
-    cands = selection.candidate_sources(paradigm, g, 20, 40, np.random.default_rng(0))
+    cands = paradigms.candidate_sources(paradigm, g, 20, 40, np.random.default_rng(0))
     assert {s: len(rows) for s, rows in cands} == expected
     for s, rows in cands:
         assert len(set(rows)) == len(rows) and rows.max() < (20 if s == 'real' else 40)
@@ -149,11 +149,11 @@ def test_threshold_with_too_few_distinct_candidates_stops_with_one_line():
 
 
 def test_threshold_defaults_are_the_reference_code_values():
-    assert selection.threshold_params('replace', 'pixel') == (2000.0, 0.95)
-    assert selection.threshold_params('accumulate', 'pixel') == (2000.0, 0.95)
-    assert selection.threshold_params('accumulate', 'dinov2') == (60.0, 0.80)
-    assert selection.threshold_params('replace', 'dinov2') == (60.0, 0.95)
-    assert selection.threshold_params('accumulate', 'pixel', tau=5.0, decay=0.5) == (5.0, 0.5)
+    assert paradigms.threshold_params('replace', 'pixel') == (2000.0, 0.95)
+    assert paradigms.threshold_params('accumulate', 'pixel') == (2000.0, 0.95)
+    assert paradigms.threshold_params('accumulate', 'dinov2') == (60.0, 0.80)
+    assert paradigms.threshold_params('replace', 'dinov2') == (60.0, 0.95)
+    assert paradigms.threshold_params('accumulate', 'pixel', tau=5.0, decay=0.5) == (5.0, 0.5)
 
 
 def loop_section(paradigm='replace', rule='none', pool_factor=2, **fields):
@@ -177,10 +177,10 @@ def test_next_training_set_on_plain_arrays(paradigm, rule):
     real = rng.integers(0, 256, (n, 4, 4, 1), np.uint8)
     pools = {f'S{i}': rng.integers(0, 256, (2 * n, 4, 4, 1), np.uint8) for i in range(g + 1)}
     sources = {s: (real if s == 'real' else pools[s], None)
-               for s in selection.source_names(paradigm, g)}
+               for s in paradigms.source_names(paradigm, g)}
     fresh = (real[:2], None, np.arange(2)) if paradigm == 'fresh' else None
     lp = loop_section(paradigm, rule, tau=300.0)
-    d = selection.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
+    d = paradigms.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
                                     featurize=flat, fresh=fresh)
     size = n + (g + 1) * 2 * n if (paradigm, rule) == ('accumulate', 'none') else n
     assert len(d.images) == len(d.source) == len(d.index) == d.info['n'] == size
@@ -190,12 +190,12 @@ def test_next_training_set_on_plain_arrays(paradigm, rule):
     assert (d.source == -2).sum() == (2 if paradigm == 'fresh' else 0)
     if paradigm == 'replace':
         assert set(d.source.tolist()) == {g}  # S_g alone
-        rows = selection.candidate_sources(paradigm, g, n, 2 * n, np.random.default_rng(1))[0][1]
+        rows = paradigms.candidate_sources(paradigm, g, n, 2 * n, np.random.default_rng(1))[0][1]
         picks = selection.select(rule, flat(pools['S1'][rows]), n, seed=2, tau=300.0,
                                  decay=0.95)[0]
         np.testing.assert_array_equal(d.index, rows[picks])  # the rule's picks, in its order
     # the same call is deterministic in its streams
-    again = selection.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
+    again = paradigms.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
                                         featurize=flat, fresh=fresh)
     np.testing.assert_array_equal(again.images, d.images)
 
@@ -205,12 +205,12 @@ def test_heldout_set_reads_only_fresh_draws_at_the_training_sets_own_sizes():
     n = 16
     draws = {'S0': rng.normal(size=(100, 5))}
     # none: i.i.d. picks at any size, so replicas of N from N draws use every whole block
-    h, what = selection.heldout_set(loop_section('replace', 'none'), 0, n, draws, None,
+    h, what = paradigms.heldout_set(loop_section('replace', 'none'), 0, n, draws, None,
                                     rng=np.random.default_rng(1), featurize=flat)
     assert len(h) == 96 and what.startswith('6 independent replica')
     assert sorted(map(tuple, h)) == sorted(map(tuple, draws['S0'][:96]))
     # greedy: each replica is greedy on its own block of 2N draws, N picked
-    h, what = selection.heldout_set(loop_section('replace', 'greedy'), 0, n, draws, None,
+    h, what = paradigms.heldout_set(loop_section('replace', 'greedy'), 0, n, draws, None,
                                     rng=np.random.default_rng(1), featurize=flat)
     assert len(h) == 48 and 'from 32 draws' in what
     for j in range(3):
@@ -220,10 +220,10 @@ def test_heldout_set_reads_only_fresh_draws_at_the_training_sets_own_sizes():
         assert knn_entropy(rep) > knn_entropy(block[:16])  # spread out
     # accumulate needs N held-out real per replica; too few draws give none, with the reason
     real = rng.normal(size=(20, 5))
-    h, what = selection.heldout_set(loop_section('accumulate', 'greedy'), 0, n, draws, real,
+    h, what = paradigms.heldout_set(loop_section('accumulate', 'greedy'), 0, n, draws, real,
                                     rng=np.random.default_rng(1), featurize=flat)
     assert len(h) == 16 and what.endswith('and held-out real')
-    h, what = selection.heldout_set(loop_section('replace', 'greedy'), 0, n,
+    h, what = paradigms.heldout_set(loop_section('replace', 'greedy'), 0, n,
                                     {'S0': draws['S0'][:31]}, None, rng=rng, featurize=flat)
     assert h is None and 'no replica of 32 draws' in what
 
@@ -241,12 +241,12 @@ def test_heldout_replicas_are_a_null_for_a_model_of_its_training_law(rule):
     rng = np.random.default_rng(0)
     aucs, shares, pool_law = [], [], []
     for _ in range(trials):
-        d_next = selection.next_training_set(lp, 0, n, {'S0': (rng.normal(size=(2 * n, d)), None)},
+        d_next = paradigms.next_training_set(lp, 0, n, {'S0': (rng.normal(size=(2 * n, d)), None)},
                                              rng=rng, seed=int(rng.integers(2 ** 31)),
                                              featurize=flat).images
-        model, _ = selection.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
+        model, _ = paradigms.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
                                          rng=rng, featurize=flat)
-        held, _ = selection.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
+        held, _ = paradigms.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
                                         rng=rng, featurize=flat)
         d_held = scoring.nearest_train(held, d_next)[1]
         s = scoring.copy_statistics(scoring.nearest_train(model, d_next)[1], d_held)
