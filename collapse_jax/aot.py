@@ -116,7 +116,7 @@ def train_program(cfg, graphdef, params, key, mesh) -> dict:
                 jax.ShapeDtypeStruct((b,), jnp.int32, sharding=dat))
     else:  # D_g (N images) on every device, and the rows of each step's batch
         n = cfg.data.n
-        data = (jax.ShapeDtypeStruct((n, r, r, c), jnp.uint8, sharding=rep),
+        data = (jax.ShapeDtypeStruct((n, r * r * c), jnp.uint8, sharding=rep),
                 jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep),
                 jax.ShapeDtypeStruct((1, b), jnp.int32, sharding=rep))
     compiled = step.lower(_abstract(state, rep), *data, key).compile()

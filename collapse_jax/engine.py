@@ -141,7 +141,8 @@ class Progress:
 @dataclasses.dataclass
 class Events:
     """What a training tells its caller, and asks it; every field optional.
-    should_stop: polled each step (SIGTERM): the state is saved and the result says stopped.
+    should_stop: polled after each call of the train step (each step, unless
+      train.steps_per_call > 1; SIGTERM): the state is saved and the result says stopped.
     hooks: {step: fn(state)}, run after that step, before its checkpoint (a resumed run never
       skips one).
     on_log: fn(step, {'loss', 'grad_norm', 'lr'}) at every progress line.
@@ -219,7 +220,8 @@ class Engine:
         gen_key = streams.jax_key(cfg.seed, 'train', generation)
         labels = np.zeros(n, np.int32) if labels is None else labels.astype(np.int32)
         if t.feed == 'device':
-            on_device = parallel.replicate(self.mesh, images), parallel.replicate(self.mesh, labels)
+            on_device = (parallel.replicate(self.mesh, images.reshape(n, -1)),
+                         parallel.replicate(self.mesh, labels))
         progress, b, stopped = ev.progress or Progress(), t.batch_size, False
         progress.start_training(start, steps)
 

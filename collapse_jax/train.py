@@ -158,12 +158,14 @@ def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh, calls: int = 1):
         return jax.jit(step, in_shardings=(rep, dat, dat, rep), out_shardings=(rep, rep),
                        donate_argnums=0)
 
+    shape = (cfg.data.resolution, cfg.data.resolution, cfg.data.channels)
+
     def steps(state, images, labels, rows, gen_key):
         def one(state, r):  # the rows are replicated: each device keeps its part of the batch
             # the barrier keeps the gather out of the step's fusions: the same program, so the
             # same bits, as a batch fed from the host
             x, y = jax.lax.optimization_barrier((
-                jax.lax.with_sharding_constraint(images[r], dat),
+                jax.lax.with_sharding_constraint(images[r].reshape((-1,) + shape), dat),
                 jax.lax.with_sharding_constraint(labels[r], dat)))
             return step(state, x, y, gen_key)
         if calls == 1:

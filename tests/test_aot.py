@@ -44,6 +44,11 @@ def test_the_paper_config_compiles_for_a_v5e_slice_and_fits(tmp_path):
     assert res['flops_per_eval'] == pytest.approx(1.0e9, rel=0.05)
     assert step['flops'] == pytest.approx(3 * 128 * res['flops_per_eval'], rel=0.15)
     assert 'UNet evaluation: 1.02 GFLOP per image' in p.stdout
+    # fed from the device (the default): D_g's 32,768 images (0.09 GiB) on each chip beside the
+    # state, and no padded copy of them: kept as [n, h*w*c] rows, the gather needs none (as
+    # [n, h, w, c], the TPU made one each step: 0.56 GiB of temporaries against 0.24)
+    assert step['feed'] == 'device'
+    assert step['memory']['temporary'] < 0.3 * 2 ** 30, step['memory']
     # greedy at the paper's size (32,768 picks from accumulate's 491,520 DINOv2 features), the
     # candidates split over the 4 chips: a quarter of the set on each, and no device gathers the
     # whole set (the picks' rows come by one psum of their own; x[j] on the split set used to

@@ -183,13 +183,13 @@ jax.config.update('jax_num_cpu_devices', 2)
 from configs import study_cpu
 from collapse_jax import data, engine, train
 cfg = study_cpu.get_config()
-cfg.train.update(steps=600, log_every=100, ckpt_every=100000)
+cfg.train.update(steps=300, log_every=50, ckpt_every=100000)
 losses = []
 eng = engine.Engine(cfg)
 assert jax.device_count() == 2
 res = eng.train(cfg, data.load(cfg.data)[0][:256], None, 0, sys.argv[1], train.init_params(cfg),
                 engine.Events(on_log=lambda s, m: losses.append(m['loss'])))
-assert res.steps == 600 and losses[-1] < losses[0], losses
+assert res.steps == 300 and losses[-1] < losses[0], losses
 '''
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}

@@ -151,7 +151,8 @@ def train_steps(rows, z, measured):
             data = np.random.default_rng(0).integers(0, 256, (8 * b, z['res'], z['res'], 3),
                                                      dtype=np.uint8)
             labels = np.zeros(len(data), np.int32)
-            on_device = parallel.replicate(mesh, data), parallel.replicate(mesh, labels)
+            on_device = (parallel.replicate(mesh, data.reshape(len(data), -1)),
+                         parallel.replicate(mesh, labels))
             flops = None
             for feed, k in (('host', 1), ('device', 1), ('device', per_call)):
                 cfg = _config(z, dtype, b)
