@@ -228,16 +228,18 @@ class Engine:
         def is_end(done):  # a step that logs, saves or runs a hook ends its call
             return (done % t.log_every == 0 or done % t.ckpt_every == 0 or done == steps
                     or done in ev.hooks)
+        # the compiled steps, looked up once (a lookup sorts the train section's fields)
+        step_fns = {k: self._step(cfg, steps, k) for k in {1, t.steps_per_call}}
         try:
             for step, k in train_lib.calls(start, steps, t.steps_per_call, is_end):
                 rows = np.stack([train_lib.batch_indices(n, b, s, cfg.seed, generation)
                                  for s in range(step, step + k)])
                 if t.feed == 'device':
-                    state, metrics = self._step(cfg, steps, k)(
+                    state, metrics = step_fns[k](
                         state, *on_device, parallel.replicate(self.mesh, rows.astype(np.int32)),
                         gen_key)
                 else:
-                    state, metrics = self._step(cfg, steps)(
+                    state, metrics = step_fns[1](
                         state, parallel.shard_batch(self.mesh, images[rows[0]]),
                         parallel.shard_batch(self.mesh, labels[rows[0]]), gen_key)
                 done, stopped = step + k, ev.should_stop()

@@ -54,7 +54,13 @@ def _place(x, devices):
         return x, None
     x = jnp.pad(x, ((0, (-x.shape[0]) % len(devices)), (0, 0)))
     mesh = jax.sharding.Mesh(np.asarray(devices), ('c',))
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('c'))), mesh
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('c'))
+    return jax.device_put(x, split), mesh
+
+
+def _x64(x):
+    """The context the rules run in: float64 enabled for float features off TPU."""
+    return jax.enable_x64(not _integer(x) and _float_dtype() == jnp.float64)
 
 
 def _prepare(x):
@@ -151,7 +157,7 @@ def greedy_select(features, n: int, first: int = 0, devices=None) -> np.ndarray:
     x = np.asarray(features).reshape(len(features), -1)
     if not 1 <= n <= x.shape[0]:
         raise ValueError(f'greedy_select: n={n}; allowed 1..{x.shape[0]}')
-    with jax.enable_x64(not _integer(x) and _float_dtype() == jnp.float64):
+    with _x64(x):
         xd, mesh = _place(x, devices)
         return np.asarray(_greedy(xd, n, jnp.int32(first), jnp.int32(len(x)), mesh))
 
@@ -235,7 +241,7 @@ def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
     order = jnp.asarray(np.random.default_rng(seed).permutation(x.shape[0]), jnp.int32)
     integer = _integer(x)
     taus, limits = _schedule(tau, decay, integer)
-    with jax.enable_x64(not integer and _float_dtype() == jnp.float64):
+    with _x64(x):
         xd, mesh = _place(x, devices)
         limits = jnp.asarray(limits, jnp.int32 if integer else xd.dtype)
         picks, passes = _threshold(xd, order, n, limits, mesh)

@@ -127,14 +127,16 @@ def init_state(params, tx, use_ema: bool):
 def make_train_step(graphdef, tx, alphas_cumprod, cfg, mesh, calls: int = 1):
     """The compiled train step; state replicated and donated, the batch sharded over 'data'.
 
-    train.feed 'host': step(state, images_u8 [b, ...], labels [b], gen_key): the caller gathers
-    and transfers each batch. train.feed 'device': step(state, images_u8 [n, ...], labels [n],
-    rows [calls, b], gen_key): D_g stays on the devices (replicated) and each batch is gathered
+    train.feed 'host': step(state, images_u8 [b, h, w, c], labels [b], gen_key): the caller
+    gathers and transfers each batch. train.feed 'device': step(state, images_u8 [n, h*w*c],
+    labels [n], rows [calls, b], gen_key): D_g stays on the devices (replicated, as rows of
+    pixels: a layout the TPU gathers from without a padded copy) and each batch is gathered
     there; `calls` steps run in one call (lax.scan). One step a call gives the host feed's bits;
     several give the same steps in another program, equal up to float rounding (the loop body is
     compiled apart), and a resumed run the bits of an uninterrupted one (its calls fall on the
-    same steps). Both return (state, {'loss', 'grad_norm'}) of the last step; grad_norm is the global norm before clipping. The state keeps the last loss
-    too, so a resumed run can report it."""
+    same steps). Both return (state, {'loss', 'grad_norm'}) of the last step; grad_norm is the
+    global norm before clipping. The state keeps the last loss too, so a resumed run can report
+    it."""
     loss_fn = diffusion.make_loss_fn(graphdef, alphas_cumprod, num_classes=cfg.model.num_classes,
                                      label_dropout=cfg.model.label_dropout)
     use_ema, max_decay = cfg.train.ema, cfg.train.ema_decay

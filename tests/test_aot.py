@@ -30,7 +30,8 @@ def test_the_paper_config_compiles_for_a_v5e_slice_and_fits(tmp_path):
         pytest.skip('libtpu is not installed: pip install .[tpu], or set TPU_LIBRARY_PATH to a '
                     'libtpu.so (.ci/run installs one)')
     out = tmp_path / 'aot.json'
-    p = aot(tmp_path, '--config=configs/cifar10_paper.py', '--topology=v5e:2x2', '--only=train,greedy',
+    p = aot(tmp_path, '--config=configs/cifar10_paper.py', '--topology=v5e:2x2',
+            '--only=train,greedy',
             '--config.train.batch_size=128', f'--json={out}')
     assert p.returncode == 0, p.stderr[-3000:]
     print(p.stdout)

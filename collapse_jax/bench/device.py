@@ -171,8 +171,9 @@ def train_steps(rows, z, measured):
                         rows_ = np.stack([train.batch_indices(len(data), b, i + j, 0, 0)
                                           for j in range(k)])
                         if feed == 'host':  # as Engine.train with feed 'host'
-                            hold['s'], m = step(hold['s'], parallel.shard_batch(mesh, data[rows_[0]]),
-                                                parallel.shard_batch(mesh, labels[rows_[0]]), key)
+                            x, y = data[rows_[0]], labels[rows_[0]]
+                            hold['s'], m = step(hold['s'], parallel.shard_batch(mesh, x),
+                                                parallel.shard_batch(mesh, y), key)
                         else:
                             hold['s'], m = step(hold['s'], *on_device, parallel.replicate(
                                 mesh, rows_.astype(np.int32)), key)
