@@ -96,7 +96,7 @@ def _calibrate_n(cfg, cd, steps, engine):
                                                 cfg.score.mem_ratio, jd.copy_threshold(),
                                                 return_nearest=True)
             rec = dict(n=n, steps=s, n_samples=len(sample), **px,
-                       **judge.copying(sample, images, *jd.heldout(0, None)),
+                       **judge.copying(sample, images, *jd.heldout(0, None), jd.copy_threshold()),
                        **jd.fidelity(sample))
             rec.pop('feature_info', None)
             k = min(cfg.score.nn_pairs, len(sample))

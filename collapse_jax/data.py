@@ -168,8 +168,8 @@ def real_order(num_images: int, seed: int) -> np.ndarray:
 
 class RealSplit:
     """Which real image plays which part, from one seeded order: D_0 is the first N, each
-    generation's fresh images (paradigm 'fresh') follow; after every image a run can train on
-    come the held-out parts (`held_out`), never trained on."""
+    generation's fresh images (paradigm 'fresh') follow; the held-out parts (`held_out`), never
+    trained on, come from the other end."""
 
     def __init__(self, images, labels, *, n: int, fresh_per_generation: int, generations: int,
                  seed: int):
@@ -194,12 +194,14 @@ class RealSplit:
         return self.order[self.n + g * self.fresh_n: self.n + (g + 1) * self.fresh_n]
 
     def held_out(self, **sizes) -> dict:
-        """{part: rows}: consecutive, disjoint held-out parts in the order given, each cut to what
-        the dataset has left (possibly empty)."""
-        out, start = {}, self.used
+        """{part: rows}: disjoint held-out parts in the order given, taken from the end of the
+        order backwards, so that every paradigm of a seed holds out the same images however
+        many fresh ones it trains on (one FD reference and one calibrated copy distance for
+        every variant); each cut where the trainable images begin (possibly empty)."""
+        out, end = {}, len(self.order)
         for name, size in sizes.items():
-            out[name] = self.order[start:start + size]
-            start += len(out[name])
+            start = max(self.used, end - size)
+            out[name], end = self.order[start:end], start
         return out
 
 

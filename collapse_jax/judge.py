@@ -22,13 +22,23 @@ def _pixel_variance(x):
     return jnp.sum(jnp.var(x.astype(jnp.float32) / data.PM1, axis=0))
 
 
-def copying(sample, train, held, what) -> dict:
+def copying(sample, train, held, what, threshold=None) -> dict:
     """Relative copying (scoring.copy_statistics, pixels) of `sample` against `train`, with the
-    held-out set `held` (described by `what`); copy_z None when there is none."""
+    held-out set `held` (described by `what`), and the absolute measures' nulls: the same
+    measures of `held` (fresh draws of the process that made `train`) against `train`:
+    gs_l2_null (GS, L2 in [-1, 1]) and memorization_calibrated_null (the share within the
+    calibrated distance `threshold`, 0-255 L2). None when there is no held-out set."""
     if held is None or len(held) < 2:
-        return dict(copy_z=None, copy_heldout=what or 'none (no held-out images left)')
-    return dict(scoring.relative_copying(sample, train, held), copy_heldout=what,
-                copy_heldout_n=int(len(held)))
+        return dict(copy_z=None, copy_heldout=what or 'none (no held-out images left)',
+                    gs_l2_null=None, memorization_calibrated_null=None)
+    t = features.pixel(train)
+    d_held = scoring.nearest_train(features.pixel(held), t)[1]
+    return dict(scoring.copy_statistics(scoring.nearest_train(features.pixel(sample), t)[1],
+                                        d_held),
+                copy_heldout=what, copy_heldout_n=int(len(held)),
+                gs_l2_null=float(np.mean(d_held)) / data.PM1,
+                memorization_calibrated_null=None if threshold is None else
+                float(np.mean(d_held < threshold)))
 
 
 class Judge:
@@ -60,11 +70,11 @@ class Judge:
             self._cache[key] = fn()
         return self._cache[key]
 
-    def record(self, g, d_g, pool, sample, draws, pool_features=None):
+    def record(self, g, d_g, pool, sample, held, pool_features=None):
         """(generation g's record, each pool image's nearest D_g index). Pixels (entropy: nats,
         0-255; GS, variance: [-1, 1]): D_g's entropy, S_g's GS, gs_ratio, memorization (ratio
-        test and calibrated), effective dimension and intensity; relative copying against H_g
-        (`heldout`, from `draws`: {'S<i>': E_i} of generation g - 1's sources, None at g = 0);
+        test and calibrated), effective dimension and intensity; relative copying against H_g,
+        and the absolute measures' nulls on H_g (`held`: (H_g, what it is), from `heldout`);
         in the selection's feature space: entropy and GS; in the score space: FD (beside its
         floor) and precision/recall of `sample` (E_g, or S_g if None), and recognizable; for digits
         (1 channel), GS in the digits classifier's space (gs_digits). pool_features: the pool's
@@ -86,7 +96,7 @@ class Judge:
             select_s=d_g.info.get('select_s'),
             sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
                          variance=cfg.sample.variance, guidance=cfg.sample.guidance))
-        rec.update(copying(pool, d_g.images, *self.heldout(g, draws)))
+        rec.update(copying(pool, d_g.images, *held, self.copy_threshold()))
         rec.update(self.fidelity((pool if sample is None else sample)[:cfg.score.fd_n or None]))
         train_f = fz(d_g.images)
         pool_f = fz(pool) if pool_features is None else np.asarray(pool_features)
@@ -100,7 +110,8 @@ class Judge:
 
     def heldout(self, g, draws):
         """(H_g, what it is): held-out real images at generation 0; later D_g's construction
-        repeated on independent draws (paradigms.heldout_set)."""
+        repeated on independent draws (paradigms.heldout_set), from `draws` ({'S<i>': E_i} of
+        generation g - 1's sources; None at g = 0)."""
         cfg = self.cfg
         if g == 0:
             return self.heldout_real, 'held-out real'

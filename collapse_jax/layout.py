@@ -8,6 +8,8 @@
                       ckpt/ (orbax: preemption checkpoint, then the generation's final model)
                       times.json, pool.npy (+ pool_labels.npy): S_g as uint8, what is scored
                       eval.npy: E_g, the evaluation sample (FD, recognizable, copy_z's mirror)
+                      heldout.npy: H_g, the held-out set behind the copy measures and the
+                      absolute measures' nulls (uint8; held-out real at generation 0)
                       features_<space>.npy: S_g in the selection's feature space (not pixel),
                       made once, read by later selections (a cache: deleted, it is remade)
                       samples.png, nearest.png, projection.png

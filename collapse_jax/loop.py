@@ -299,12 +299,16 @@ class Run:
 
     def score(self, g, d_g: layout.TrainSet, pool, times: dict) -> dict:
         """The generation's record (judge.Judge.record), its pictures, its times and what ran it
-        (engine.runtime)."""
+        (engine.runtime); H_g, the held-out set behind the copy measures and the nulls, goes to
+        gen_XXX/heldout.npy."""
         cfg, t0 = self.cfg, time.time()
         draws = None if g == 0 or not cfg.score.eval_n else {
             s: self.eval_sample(int(s[1:]))
             for s in paradigms.source_names(cfg.loop.paradigm, g - 1) if s != 'real'}
-        rec, nn_idx = self.judge.record(g, d_g, pool, self.eval_sample(g), draws,
+        held = self.judge.heldout(g, draws)
+        if self.writer and held[0] is not None:  # every record can be recomputed from files
+            files.save_npy(self.dir.gen(g).file('heldout.npy'), held[0])
+        rec, nn_idx = self.judge.record(g, d_g, pool, self.eval_sample(g), held,
                                         self.features(f'S{g}', pool))
         rt = engine_lib.runtime(cfg)  # not the device count: 1 and 4 devices choose the same
         rec.update({k: rt[k] for k in ('backend', 'device_kind', 'compute_dtype')})

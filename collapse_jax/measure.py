@@ -46,7 +46,9 @@ def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, copy_thresh
     of both sets in the paper's form (copies kept, log(eps + 1e-10)) and de-duplicated, with the
     duplicate count; GS ([-1, 1] pixels) and gs_ratio (GS over the training set's own mean
     leave-one-out nearest distance, scale-free); the memorized share by the ratio test and, if
-    `copy_threshold` (0-255 L2) is given, by d1 < copy_threshold; effective dimension and mean
+    `copy_threshold` (0-255 L2) is given, by d1 < copy_threshold, with the share of training
+    images that have another training image that close (an exact duplicate counts: the
+    training set's own clusters); effective dimension and mean
     intensity (0-255) of both sets. With return_nearest, also each generated image's nearest
     training index (for the nearest-neighbour grid)."""
     t, g = features.pixel(train), features.pixel(gen)
@@ -59,9 +61,10 @@ def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, copy_thresh
                     # without copies the de-duplicated set is the set: same distances
                     f'{name}_entropy_dedup': scoring.entropy_from_distances(eps, x.shape[1], k)
                     if dup == 0 else scoring.knn_entropy(x, k, dedup=True)})
-        if name == 'train':
-            spacing = float(np.mean(eps)) if k == 1 else float(np.mean(scoring.nn_distances(t)))
+        if name == 'train':  # each training image's distance to its nearest other one
+            nn1 = eps if k == 1 else scoring.nn_distances(t)
     nn_idx, d = scoring.nearest_two(g, t)
+    spacing = float(np.mean(nn1))
     out.update(gs_l2=float(np.mean(d[:, 0])) / PM1,
                gs_mse=float(np.mean(d[:, 0] ** 2)) / t.shape[1] / PM1 ** 2,
                gs_ratio=float(np.mean(d[:, 0])) / spacing if spacing > 0 else None,
@@ -71,6 +74,7 @@ def pixel_measures(train, gen, k: int = 1, mem_ratio: float = 1 / 3, copy_thresh
                mean_intensity=float(np.mean(g)), train_mean_intensity=float(np.mean(t)))
     if copy_threshold is not None:
         out.update(memorization_calibrated=float(np.mean(d[:, 0] < copy_threshold)),
+                   train_near_copy_share=float(np.mean(nn1 < copy_threshold)),
                    copy_threshold=float(copy_threshold))
     return (out, nn_idx[:, 0]) if return_nearest else out
 

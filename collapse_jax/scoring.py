@@ -173,7 +173,7 @@ def relative_copying(generated, train, heldout) -> dict:
                            nearest_train(_flat(heldout), t)[1])
 
 
-def copy_statistics(d_gen, d_held) -> dict:
+def copy_statistics(d_gen, d_held, reps: int = 1000) -> dict:
     """Relative copying, from each generated sample's and each held-out image's distance to its
     nearest training image: how much closer the samples sit than fresh draws of the process
     that made the training set.
@@ -183,7 +183,10 @@ def copy_statistics(d_gen, d_held) -> dict:
     copy_auc: U / (mn), the chance that a sample sits farther than a held-out image (ties 1/2);
       0.5 under the null, < 0.5 closer (copying), comparable across sizes.
     copy_share_q05 / q01: the share of samples closer than the held-out 5% / 1% quantile; the
-      null is 0.05 / 0.01. copy_heldout_median: the held-out median distance (input units)."""
+      null is 0.05 / 0.01. copy_heldout_median: the held-out median distance (input units).
+    <key>_lo / <key>_hi for copy_auc and both tail shares: a 95% percentile-bootstrap interval,
+      `reps` resamplings of the samples and of the held-out images, each with replacement (both
+      are random draws), from a fixed seed so that a record is reproducible."""
     from scipy.stats import rankdata
     d_gen, d_held = np.asarray(d_gen, np.float64), np.asarray(d_held, np.float64)
     m, n = len(d_gen), len(d_held)
@@ -191,11 +194,26 @@ def copy_statistics(d_gen, d_held) -> dict:
     u = float(np.sum(rankdata(both)[:m]) - m * (m + 1) / 2)
     _, counts = np.unique(both, return_counts=True)
     var = m * n / 12.0 * ((m + n + 1) - np.sum(counts ** 3 - counts) / ((m + n) * (m + n - 1)))
-    return dict(copy_z=float((u - m * n / 2.0) / np.sqrt(var)) if var > 0 else 0.0,
-                copy_auc=u / (m * n),
-                **{f'copy_share_q{round(100 * q):02d}':
-                   float(np.mean(d_gen < np.quantile(d_held, q))) for q in (0.05, 0.01)},
-                copy_heldout_median=float(np.median(d_held)))
+    out = dict(copy_z=float((u - m * n / 2.0) / np.sqrt(var)) if var > 0 else 0.0,
+               **_auc_and_shares(d_gen, np.sort(d_held)),
+               copy_heldout_median=float(np.median(d_held)))
+    rng = np.random.default_rng(0)
+    boot = [_auc_and_shares(d_gen[rng.integers(m, size=m)],
+                            np.sort(d_held[rng.integers(n, size=n)])) for _ in range(reps)]
+    for key in boot[0] if reps else ():
+        lo, hi = np.percentile([b[key] for b in boot], [2.5, 97.5])
+        out.update({f'{key}_lo': float(lo), f'{key}_hi': float(hi)})
+    return out
+
+
+def _auc_and_shares(d_gen, held_sorted) -> dict:
+    """copy_auc (ties count 1/2) and the tail shares, from held-out distances sorted."""
+    below = np.searchsorted(held_sorted, d_gen, 'left')
+    below_or_tied = np.searchsorted(held_sorted, d_gen, 'right')
+    auc = float(np.sum(below + below_or_tied)) / (2.0 * len(d_gen) * len(held_sorted))
+    return dict(copy_auc=auc, **{f'copy_share_q{round(100 * q):02d}':
+                                 float(np.mean(d_gen < np.quantile(held_sorted, q)))
+                                 for q in (0.05, 0.01)})
 
 
 def participation_ratio(x) -> float:

@@ -139,6 +139,8 @@ def test_sweep_runs_variants_and_shares_generation_zero(tmp_path, monkeypatch):
     g, f = runs['replace/greedy'], runs['fresh/random']
     assert g[0]['train_entropy'] == f[0]['train_entropy'] and g[0]['gs_l2'] == f[0]['gs_l2']
     assert g[1]['how_built']['rule'] == 'greedy' and f[1]['how_built']['rule'] == 'random'
+    # one calibrated copy distance for every generation and variant of a seed
+    assert len({r['copy_threshold'] for r in g + f}) == 1
     # fresh: round(0.1 * 16) = 2 new real images, never used before, beside 14 pool images
     src = np.load(tmp_path / 'fresh_random' / 'gen_001' / 'train_source.npy')
     idx = np.load(tmp_path / 'fresh_random' / 'gen_001' / 'train_index.npy')
@@ -293,6 +295,30 @@ def test_records_hold_exactly_the_registry_keys(uninterrupted):
     written = set().union(*recs)
     assert written == set(metrics.BY_KEY), sorted(written ^ set(metrics.BY_KEY))
     assert all(set(r) <= set(metrics.BY_KEY) for r in recs)
+
+
+@pytest.mark.slow
+def test_nulls_recomputed_by_brute_force_from_the_files(uninterrupted):
+    """Each record's absolute measures and their nulls, recomputed in float64 from the arrays on
+    disk: H_g (heldout.npy) and D_g (train_images.npy). The calibrated distance comes from
+    held-out real images against D_0 (generation 0's H) and is the same at every generation."""
+    _, recs, workdir = uninterrupted
+    gens = [workdir / f'gen_{g:03d}' for g in range(len(recs))]
+    d0, real_held = (np.load(gens[0] / f) for f in ('train_images.npy', 'heldout.npy'))
+    assert recs[0]['copy_heldout'] == 'held-out real'
+    threshold = np.median(nearest_l2(real_held, d0)) / 3
+    for rec, gd in zip(recs, gens):
+        d_g, held = np.load(gd / 'train_images.npy'), np.load(gd / 'heldout.npy')
+        assert held.dtype == np.uint8 and len(held) == rec['copy_heldout_n']
+        assert rec['copy_threshold'] == pytest.approx(threshold, rel=1e-9)
+        d_held = nearest_l2(held, d_g)
+        assert rec['memorization_calibrated_null'] == pytest.approx(np.mean(d_held < threshold))
+        assert rec['gs_l2_null'] == pytest.approx(np.mean(d_held) / 127.5, rel=1e-6)
+        flat = d_g.reshape(len(d_g), -1).astype(np.float64)
+        pair = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
+        np.fill_diagonal(pair, np.inf)  # another image: an exact duplicate counts, itself not
+        assert rec['train_near_copy_share'] == pytest.approx(np.mean(pair.min(1) < threshold))
+        assert rec['copy_auc_lo'] <= rec['copy_auc'] <= rec['copy_auc_hi']
 
 
 @pytest.mark.slow

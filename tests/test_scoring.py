@@ -210,6 +210,25 @@ def test_copy_shares_sit_at_their_null_for_fresh_draws_and_rise_for_copies():
     assert copied['copy_share_q01'] > 0.9 and copied['copy_auc'] < 0.05
 
 
+def test_bootstrap_intervals_hold_the_estimate_and_have_the_null_width():
+    """Under the null (both sets one law) the AUC's sd is sqrt((m + n + 1) / (12mn)); the 95%
+    interval's width is about 2 x 1.96 of it. Intervals hold their estimate, and a copy's
+    interval lies wholly below 0.5."""
+    rng = np.random.default_rng(4)
+    m, n = 400, 1600
+    s = scoring.copy_statistics(rng.gamma(2.0, size=m), rng.gamma(2.0, size=n))
+    want = 2 * 1.96 * np.sqrt((m + n + 1) / (12 * m * n))
+    assert s['copy_auc_hi'] - s['copy_auc_lo'] == pytest.approx(want, rel=0.2)
+    for key in ('copy_auc', 'copy_share_q05', 'copy_share_q01'):
+        assert s[f'{key}_lo'] <= s[key] <= s[f'{key}_hi']
+    assert s['copy_auc_lo'] < 0.5 < s['copy_auc_hi']
+    near = scoring.copy_statistics(rng.gamma(2.0, size=m) * 0.5, rng.gamma(2.0, size=n))
+    assert near['copy_auc_hi'] < 0.5 and near['copy_share_q05_lo'] > 0.05
+    assert scoring.copy_statistics(rng.gamma(2.0, size=m), rng.gamma(2.0, size=n),
+                                   reps=0).keys() == {'copy_z', 'copy_auc', 'copy_share_q05',
+                                                      'copy_share_q01', 'copy_heldout_median'}
+
+
 def test_one_and_four_devices_give_the_same_neighbours_and_measures(monkeypatch):
     """The queries split over the 4 (faked) devices: the same neighbours and distances as on one,
     and the same entropy, GS, memorization and precision/recall built on them."""

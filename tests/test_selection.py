@@ -230,32 +230,41 @@ def test_heldout_set_reads_only_fresh_draws_at_the_training_sets_own_sizes():
 
 @pytest.mark.parametrize('rule', ['greedy', 'threshold'])
 def test_heldout_replicas_are_a_null_for_a_model_of_its_training_law(rule):
-    """Simulation: a model that reproduces the law of its training images exactly,
-    i.e. its samples are independent draws with the law of an image of D_{g+1}, must score the
-    null against H_{g+1}: AUC 0.5, tail share q. The limit: a model that learned the pool's law
-    instead (undoing the selection) scores well below 0.5 with no copying, so the relative
-    measures of greedy and threshold assume the model learns its selected training set's law."""
+    """Simulation: a model that reproduces the law of its training images exactly, i.e. its
+    samples are images built by `next_training_set` itself on independent pools, must score the
+    null against H_{g+1} (`heldout_set`): AUC 0.5, tail share q. Drawing the model from
+    heldout_set too would score the null by exchangeability, whatever heldout_set builds; so the
+    model comes from next_training_set, and the same model against an unselected held-out set
+    (the pool's own law) is far from the null: the test can tell a wrong H. The limit: a model
+    that learned the pool's law instead (undoing the selection) scores well below 0.5 with no
+    copying, so the relative measures of greedy and threshold assume the model learns its
+    selected training set's law."""
     from collapse_jax import scoring
     n, d, trials = 32, 32, 12
     lp = loop_section('replace', rule, tau=10.0)
     rng = np.random.default_rng(0)
-    aucs, shares, pool_law = [], [], []
+
+    def built(reps):  # reps independent D_{g+1}'s, each from its own pool of 2N draws
+        return np.concatenate([paradigms.next_training_set(
+            lp, 0, n, {'S0': (rng.normal(size=(2 * n, d)), None)}, rng=rng,
+            seed=int(rng.integers(2 ** 31)), featurize=flat).images for _ in range(reps)])
+    aucs, shares, unselected, pool_law = [], [], [], []
     for _ in range(trials):
-        d_next = paradigms.next_training_set(lp, 0, n, {'S0': (rng.normal(size=(2 * n, d)), None)},
-                                             rng=rng, seed=int(rng.integers(2 ** 31)),
-                                             featurize=flat).images
-        model, _ = paradigms.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
-                                         rng=rng, featurize=flat)
+        d_next, model = built(1), built(8)
         held, _ = paradigms.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
                                         rng=rng, featurize=flat)
-        d_held = scoring.nearest_train(held, d_next)[1]
-        s = scoring.copy_statistics(scoring.nearest_train(model, d_next)[1], d_held)
+        d_model = scoring.nearest_train(model, d_next)[1]
+        s = scoring.copy_statistics(d_model, scoring.nearest_train(held, d_next)[1], reps=0)
         aucs.append(s['copy_auc'])
         shares.append(s['copy_share_q05'])
+        unselected.append(scoring.copy_statistics(d_model, scoring.nearest_train(
+            rng.normal(size=(8 * n, d)), d_next)[1], reps=0)['copy_auc'])
         pool_law.append(scoring.copy_statistics(scoring.nearest_train(
-            rng.normal(size=(8 * n, d)), d_next)[1], d_held)['copy_auc'])
+            rng.normal(size=(8 * n, d)), d_next)[1], scoring.nearest_train(held, d_next)[1],
+            reps=0)['copy_auc'])
     assert np.mean(aucs) == pytest.approx(0.5, abs=0.025)
     assert np.mean(shares) == pytest.approx(0.05, abs=0.02)
+    assert np.mean(unselected) > 0.55  # a held-out set without the selection is no null
     assert np.mean(pool_law) < 0.45
 
 
