@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from collapse_jax import files, layout, metrics, report
+from collapse_jax import files, layout, metrics, report, tables
 from collapse_jax.study import collect, plan_of
 
 log = logging.getLogger('collapse_jax')
@@ -121,19 +121,49 @@ def _entropy_points(runs, keep, base, y=None):
     return np.array([p for p in pts if p[1] is not None], np.float64).reshape(-1, 2)
 
 
-def _pearson_figure(plt, runs, ns, base, r):
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    for n in ns:
-        p = np.array([(x['train_entropy'], np.log(x['gs_mse'])) for (rn, s, v), recs in
-                      runs.items() if v == base and rn == n for x in recs]).reshape(-1, 2)
-        ax.scatter(p[:, 0], p[:, 1], s=14, label=f'N = {n}')
-    ax.set_title(f'entropy vs log GS, {base}: Pearson r = {r:.3f} (paper: 0.91)', fontsize=8)
-    ax.set_xlabel('training-set entropy (nats)')
-    ax.set_ylabel('log GS (MSE)')
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+def _pearson_figure(plt, runs, base, r, trend):
+    """Entropy against log GS for every variant: colour = generation, marker = seed; the
+    baseline's r, its r against the generation index, and the r across variants at each
+    generation (`trend`: _trend_r)."""
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    gens = sorted({x['generation'] for recs in runs.values() for x in recs})
+    seeds = sorted({s for _, s, _ in runs})
+    cmap = plt.get_cmap('viridis', max(len(gens), 2))
+    for (n, s, v), recs in runs.items():
+        for x in recs:
+            if x['generation'] == 0 and v != base:
+                continue  # generation 0 is shared by a run's variants
+            ax.scatter(x['train_entropy'], np.log(x['gs_mse']), s=18,
+                       color=cmap(gens.index(x['generation'])), marker='os^D'[seeds.index(s) % 4],
+                       edgecolors='k' if v == base else 'none', linewidths=0.5)
+    for g in gens:
+        ax.scatter([], [], color=cmap(gens.index(g)), s=18, label=f'generation {g}')
+    for i, s in enumerate(seeds):
+        ax.scatter([], [], color='grey', marker='os^D'[i % 4], s=18, label=f'seed {s}')
+    within = ', '.join(f'{g}: {v:.2f}' for g, v in trend['pearson_within_generation'].items())
+    ax.set_title(f'entropy vs log GS; {base} (black edge): r = {r:.3f} (paper: 0.91)\n'
+                 f"r(entropy, generation index) = {trend['pearson_entropy_generation']:.3f}; "
+                 f'r across variants at generation {within}', fontsize=7)
+    ax.set_xlabel('training-set entropy (nats, pixels 0-255)', fontsize=8)
+    ax.set_ylabel('log GS (MSE, pixels in [-1, 1])', fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _trend_r(runs, base, hn):
+    """What the entropy/log-GS r can and cannot tell: the baseline's entropy against the
+    generation index (anything that trends with generations matches log GS as well), and the r
+    across variants and seeds at each generation >= 1, at the headline N."""
+    pts = np.array([(x['train_entropy'], x['generation']) for (n, s, v), recs in runs.items()
+                    if v == base and n == hn for x in recs], np.float64).reshape(-1, 2)
+    within = {}
+    for g in sorted({x['generation'] for recs in runs.values() for x in recs} - {0}):
+        p = np.array([(x['train_entropy'], np.log(x['gs_mse'])) for (n, _, _), recs in
+                      runs.items() if n == hn for x in recs if x['generation'] == g])
+        if len(p) > 2:
+            within[g] = report.pearson(p)
+    return dict(pearson_entropy_generation=report.pearson(pts), pearson_within_generation=within)
 
 
 def _selection_figure(plt, runs, hn, groups, space, keys=('gs_mse', 'fd')):
@@ -165,14 +195,58 @@ def _real_share_figure(plt, runs, hn, variants):
     return fig
 
 
-def _copy_nearest_grids(sd, hn, seed0, base):
-    """The baseline's nearest-neighbour grids, first and last generation (headline N)."""
-    rd = sd.run(hn, seed0, base)
-    gens = rd.generations()
-    for label, g in (('first', gens[:1]), ('last', gens[-1:])):
-        src = rd.gen(g[0]).file('nearest.png') if g else ''
-        if src and os.path.exists(src):
-            shutil.copyfile(src, sd.figure(f'nearest_{label}.png'))
+COPYING = (('memorization_calibrated', 'memorization_calibrated_null',
+            'absolute: share within the calibrated distance', 'share of samples'),
+           ('copy_auc', 0.5, 'relative: copy AUC against fresh draws', 'AUC (< 0.5: closer)'),
+           ('copy_share_q05', 0.05, 'relative: share < held-out 5% quantile', 'share of samples'),
+           ('copy_share_q01', 0.01, 'relative: share < held-out 1% quantile', 'share of samples'))
+
+
+def _copying_figure(plt, runs, hn, variants):
+    """Absolute against relative copying, each beside its null (dashed): H_g's calibrated share
+    in the variant's colour; 0.5 and q for the relative measures, whose axes include them.
+    Lines: mean over the seeds that ran the variant, band: their min-max."""
+    fig, axes = plt.subplots(1, len(COPYING), figsize=(4.2 * len(COPYING), 3.4), squeeze=False)
+    for ax, (key, null, title, ylabel) in zip(axes[0], COPYING):
+        for i, v in enumerate(variants):
+            g, mean, lo, hi = _spread(runs, hn, v, key)
+            if not len(g):
+                continue
+            seeds = sorted({s for n, s, x in runs if n == hn and x == v})
+            ax.plot(g, mean, marker='o', color=f'C{i}', label=v + (
+                f' (seed {seeds[0]} only)' if len(seeds) == 1 else f' ({len(seeds)} seeds)'))
+            ax.fill_between(g, lo, hi, color=f'C{i}', alpha=0.2)
+            if isinstance(null, str):
+                gn, mn, _, _ = _spread(runs, hn, v, null)
+                if len(gn):
+                    ax.plot(gn, mn, ls='--', lw=1, color=f'C{i}')
+        if not isinstance(null, str):
+            ax.axhline(null, ls='--', lw=1, color='k')
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(min(lo, null - 0.02), max(hi, null + 0.02))
+        ax.set_ylabel(ylabel, fontsize=8)
+        _finish(ax, f'{title}\ndashed: null (H_g, fresh draws of D_g\'s process)', 7)
+    axes[0, 0].legend(fontsize=6, title=f'N = {hn}; band: min-max over seeds',
+                      title_fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _copy_nearest_grids(sd, hn, seed0, base, variants):
+    """Nearest-neighbour grids at the headline N, first seed: the baseline's first and last
+    generation (nearest_first.png, nearest_last.png) and every variant's last
+    (nearest_last_<paradigm>_<selection>.png)."""
+    def copy(v, g, name):
+        src = sd.run(hn, seed0, v).gen(g).file('nearest.png')
+        if os.path.exists(src):
+            shutil.copyfile(src, sd.figure(name))
+    for v in variants:
+        gens = sd.run(hn, seed0, v).generations()
+        if gens:
+            copy(v, gens[-1], f'nearest_last_{v.dirname}.png')
+            if v == base:
+                copy(v, gens[0], 'nearest_first.png')
+                copy(v, gens[-1], 'nearest_last.png')
 
 
 def _cross_space_r(runs, base):
@@ -210,25 +284,26 @@ def draw(cfg, workdir):
     space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')
     pts = _entropy_points(runs, lambda v: v == base, base)
     pts_all = _entropy_points(runs, lambda v: True, base)
-    r = report.pearson(pts)
-    figs = _by_n_figures(plt, runs, ns, seed0, base)
-    figs['entropy_vs_log_gs'] = _pearson_figure(plt, runs, ns, base, r)
+    r, trend = report.pearson(pts), _trend_r(runs, base, hn)
+    figs = _by_n_figures(plt, runs, ns, seed0, base) if len(ns) > 1 else {}
+    figs['entropy_vs_log_gs'] = _pearson_figure(plt, runs, base, r, trend)
     figs['selection_gs_fd'] = _selection_figure(plt, runs, hn, groups, space)
-    if any(r.get('copy_z') is not None for recs in runs.values() for r in recs):
-        figs['copying'] = _selection_figure(plt, runs, hn, groups, space,
-                                            ('memorization_calibrated', 'copy_auc',
-                                             'copy_share_q05', 'copy_z'))
+    if any(r.get('copy_auc') is not None for recs in runs.values() for r in recs):
+        figs['copying'] = _copying_figure(plt, runs, hn, variants)
     if any(v.startswith('accumulate') for v in variants):
         figs['real_share'] = _real_share_figure(plt, runs, hn, variants)
     for name, fig in figs.items():
         report.save_fig(sd.figure(f'{name}.png'), fig)
-    _copy_nearest_grids(sd, hn, seed0, {v.label: v for v in p.variants}[base])
-    files.atomic_write(sd.figure('table.md'),
-                       lambda f: f.write(table(runs, hn, groups, space, base).encode()))
-    results = _write_results(sd, runs, dict(
+    by_label = {v.label: v for v in p.variants}
+    _copy_nearest_grids(sd, hn, seed0, by_label[base], p.variants)
+    results = dict(
         pearson_entropy_log_gs=r, pearson_points=int(len(pts)),
         pearson_all_variants=report.pearson(pts_all), pearson_all_points=int(len(pts_all)),
-        paper_pearson=0.91, headline_n=hn, baseline=base, **_cross_space_r(runs, base)))
+        paper_pearson=0.91, headline_n=hn, baseline=base, **trend,
+        **_cross_space_r(runs, base))
+    results = _write_results(sd, runs, results)
+    files.atomic_write(sd.figure('table.md'), lambda f: f.write(
+        (table(runs, hn, groups, space, base) + '\n' + tables.study_tables(results)).encode()))
     log.info('study figures in %s; Pearson r (entropy, log GS) = %.3f over %d points',
              sd.figures, r, len(pts))
     print(json.dumps(dict(figures=sd.figures, pearson_entropy_log_gs=r)))

@@ -70,7 +70,7 @@ def fake_run(workdir, paradigm, selection, seed):
         report.nn_grid(os.path.join(gd, 'nearest.png'), pool[:4], real[:4])
         report.projection(os.path.join(gd, 'projection.png'), real, pool, f'generation {g}')
         recs.append(dict(generation=g, train_entropy=300.0 - 40 * g + rng.normal(),
-                         gs_mse=0.2 * np.exp(-0.5 * g), gs_l2=5.0 - g, memorization=0.0,
+                         gs_mse=0.2 * np.exp(-0.5 * g) * rng.uniform(0.9, 1.1), gs_l2=5.0 - g, memorization=0.0,
                          fd=10.0 + g, precision=0.5, recall=0.4 - 0.1 * g, real_share=1.0,
                          train_entropy_feat=100.0 - 9 * g, gs_mse_feat=2.0 / (g + 1),
                          copy_z=rng.normal() - g, copy_auc=0.5 - 0.05 * g + 0.01 * rng.normal(),

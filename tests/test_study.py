@@ -60,7 +60,8 @@ def test_draws_figures_and_results_from_finished_runs(tmp_path):
                      *item.split(':'), seed=n + 10 * seed + i)
     res = study_report.draw(cfg, str(tmp_path))
     for name in ('gs_by_n', 'entropy_by_n', 'entropy_vs_log_gs', 'selection_gs_fd', 'real_share',
-                 'nearest_first', 'nearest_last'):
+                 'nearest_first', 'nearest_last', 'nearest_last_replace_none',
+                 'nearest_last_accumulate_greedy'):
         assert os.path.getsize(tmp_path / 'figures' / f'{name}.png') > 0, name
     rows = res['rows']
     assert len(rows) == 3 * 2 * 3  # (N, seed) runs x variants x generations
@@ -70,8 +71,9 @@ def test_draws_figures_and_results_from_finished_runs(tmp_path):
     assert res['pearson_entropy_log_gs'] == pytest.approx(np.corrcoef(pts.T)[0, 1])
     last = [r for r in rows if r['variant'] == 'replace/none' and r['n'] == 16
             and r['generation'] == 2]
-    h = [r['train_entropy'] for r in last]  # seeds differ in entropy, not in GS or FD
-    assert len(h) == 2 and (f"| replace/none | 2 | {last[0]['gs_mse']:.4f} | {last[0]['fd']:.1f} | "
+    h, gs = ([r[k] for r in last] for k in ('train_entropy', 'gs_mse'))  # FD: same at both seeds
+    assert len(h) == 2 and (f"| replace/none | 2 | {np.mean(gs):.4f} [{min(gs):.4f}, "
+                            f"{max(gs):.4f}] | {last[0]['fd']:.1f} | "
                             f'{np.mean(h):.1f} [{min(h):.1f}, {max(h):.1f}] |'
                             ) in (tmp_path / 'figures' / 'table.md').read_text()
     every = np.array([(r['train_entropy'], np.log(r['gs_mse'])) for r in rows
@@ -84,7 +86,18 @@ def test_draws_figures_and_results_from_finished_runs(tmp_path):
                    ('pearson_entropy_copy_z', lambda r: r['copy_z'])):
         pts = np.array([(r['train_entropy'], y(r)) for r in base])
         assert res[key] == pytest.approx(np.corrcoef(pts.T)[0, 1]), key
+    # what the r can tell: entropy against the generation index, and across variants at each
+    # generation (both seeds, headline N)
+    pts = np.array([(r['train_entropy'], r['generation']) for r in base if r['n'] == 16])
+    assert res['pearson_entropy_generation'] == pytest.approx(np.corrcoef(pts.T)[0, 1])
+    for g in (1, 2):
+        pts = np.array([(r['train_entropy'], np.log(r['gs_mse'])) for r in rows
+                        if r['n'] == 16 and r['generation'] == g])
+        assert len(pts) == 4
+        assert res['pearson_within_generation'][g] == pytest.approx(np.corrcoef(pts.T)[0, 1])
     assert os.path.getsize(tmp_path / 'figures' / 'copying.png') > 0
+    assert 'accumulate/greedy, N = 16, seeds 0 / 1' in (tmp_path / 'figures' / 'table.md'
+                                                        ).read_text()
     assert json.load(open(tmp_path / 'figures' / 'results.json'))['rows'] == json.loads(
         json.dumps(rows))
     assert (tmp_path / 'figures' / 'results.csv').read_text().count('\n') == len(rows) + 1
