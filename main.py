@@ -6,6 +6,8 @@
   compare  python main.py --mode=compare --runs=<dir1>,<dir2>,... --workdir=<out dir>
   study    python main.py --mode=study --config=configs/study_cpu.py --workdir=<dir>
   calibrate python main.py --mode=calibrate --config=configs/calibrate_cpu.py --workdir=<dir>
+
+--dry_run with run, study or calibrate prints the plan and its projected time, and writes nothing.
 """
 import logging as pylogging
 import os
@@ -27,6 +29,12 @@ flags.DEFINE_string('feature_space', 'pixel', 'score: pixel | digits | inception
 flags.DEFINE_string('weights', '', 'score: weights file of the feature network.')
 flags.DEFINE_string('out', '', 'score: JSON to write (default: <generated>.scores.json).')
 flags.DEFINE_list('runs', [], 'compare: run directories to draw on shared axes.')
+flags.DEFINE_bool('dry_run', False, 'run, study, calibrate: check the config, print the plan '
+                  '(runs, variants, what each generation trains, samples and selects from) and '
+                  'the projected time, and write nothing.')
+flags.DEFINE_string('topology', '', "--dry_run: also project the time on this TPU slice, e.g. "
+                    "'v5e:2x2' (needs libtpu; python -m collapse_jax.aot compiles every program)")
+flags.DEFINE_float('mfu', 0.3, '--dry_run: the model FLOP utilisation assumed on an accelerator')
 FLAGS = flags.FLAGS
 
 
@@ -73,6 +81,10 @@ def dispatch():
         sys.exit(f'error: --config={path}: no such file')
     cfg = FLAGS.config
     loop.check_top_level(cfg)  # cpu_devices takes effect only before JAX starts
+    if FLAGS.dry_run:
+        from collapse_jax import plan
+        print(plan.report(plan.describe(cfg, FLAGS.mode, FLAGS.topology, FLAGS.mfu)))
+        return
     import jax
     if cfg.cpu_devices:
         jax.config.update('jax_num_cpu_devices', cfg.cpu_devices)

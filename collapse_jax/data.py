@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from collapse_jax import streams
+from collapse_jax import files, streams
 
 EMBEDDED = ('mnist5k', 'digits')
 OFFLINE_HINT = ("sources that work offline: 'mnist5k', 'digits', a .npy file, a folder of images, "
@@ -64,14 +64,22 @@ def _tfds(name, split, data_dir):
 
 
 def _npy(path):
-    return check_images(np.load(path, allow_pickle=False), f'data.source={path!r}'), None
+    x = files.load_npy(path, f'data.source={path!r}: write the array again (np.save)')
+    return check_images(x, f'data.source={path!r}'), None
 
 
 def _folder(path):
-    files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXT))
-    if not files:
+    names = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXT))
+    if not names:
         raise ValueError(f'data.source={path!r}: folder holds no images ({", ".join(IMAGE_EXT)})')
-    imgs = [np.asarray(Image.open(os.path.join(path, f)).convert('RGB')) for f in files]
+    imgs = []
+    for f in names:
+        try:
+            with Image.open(os.path.join(path, f)) as im:
+                imgs.append(np.asarray(im.convert('RGB')))
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise ValueError(f'data.source={path!r}: {f} is not a readable image '
+                             f'({type(e).__name__}); remove or replace it') from None
     if len({i.shape for i in imgs}) > 1:
         raise ValueError(f'data.source={path!r}: images differ in size; resize them first')
     return np.stack(imgs), None
@@ -205,12 +213,13 @@ class RealSplit:
         return out
 
 
-def check_config(cfg) -> None:
-    """The data section's own checks (the source itself is checked when it is read)."""
+def check_config(cfg, with_files: bool = True) -> None:
+    """The data section's own checks (the source itself is checked when it is read); with
+    `with_files`, that the data_dir exists."""
     d = cfg.data
     need(d.source, "data.source=''; allowed: mnist5k, digits, a TFDS name, a .npy file or a folder")
     need(d.split, "data.split=''; must name a TFDS split (for example 'train')")
-    need(not d.data_dir or os.path.isdir(d.data_dir), f'data.data_dir={d.data_dir!r}: no such '
+    need(not with_files or not d.data_dir or os.path.isdir(d.data_dir), f'data.data_dir={d.data_dir!r}: no such '
          "directory ('' = the TFDS default)")
     need(d.resolution > 0, f'data.resolution={d.resolution}; must be > 0')
     need(d.n >= 2, f'data.n={d.n}; must be >= 2')

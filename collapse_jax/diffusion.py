@@ -88,7 +88,7 @@ def check_config(cfg) -> None:
     f, s = cfg.diffusion, cfg.sample
     need(f.num_steps >= 1, f'diffusion.num_steps={f.num_steps}; must be >= 1')
     need(0 < f.beta_start < f.beta_end < 1, f'diffusion.beta_start={f.beta_start}, '
-         f'beta_end={f.beta_end}; need 0 < beta_start < beta_end < 1')
+         f'diffusion.beta_end={f.beta_end}; need 0 < beta_start < beta_end < 1')
     _check_sampler(s.steps, s.variance, f.num_steps)
     need(s.batch_size > 0, f'sample.batch_size={s.batch_size}; must be > 0')
     parallel.check_divisible(s.batch_size, 'sample.batch_size')

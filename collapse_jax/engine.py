@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from typing import Callable
 
@@ -104,6 +105,23 @@ def check_cpu_budget(cfg, engine, cost: dict, what: str) -> None:
          f'({flops:.2g} FLOP at {rate * CPU_EFFICIENCY / 1e9:.0f} GFLOP/s, the JAX backend is '
          "'cpu'); install the GPU or TPU jaxlib (README, Install), or set "
          '--config.force_cpu=True to run it here anyway')
+
+
+def restore(mngr, step, state, ckpt_dir, generation):
+    """The checkpoint at `step`, or one ValueError that says which checkpoint cannot be read and
+    what is usable instead: an earlier step's (delete the unreadable one), or none (delete the
+    generation's ckpt/ and it is trained again from its start)."""
+    try:
+        return mngr.restore(step, args=ocp.args.StandardRestore(state))
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged checkpoint
+        why = ' '.join(str(e).split())[:160]
+        earlier = [s for s in mngr.all_steps() if s < step]
+        fix = (f'an earlier checkpoint (step {max(earlier)}) is kept: delete '
+               f'{os.path.join(ckpt_dir, str(step))} to resume from it' if earlier else
+               f'no earlier checkpoint is kept: delete {ckpt_dir} to train generation '
+               f'{generation} again from its start')
+        raise ValueError(f'{ckpt_dir}: the checkpoint at step {step} cannot be read '
+                         f'({type(e).__name__}: {why}); {fix}') from None
 
 
 def duration(s: float) -> str:
@@ -214,7 +232,7 @@ class Engine:
         mngr = train_lib.checkpoint_manager(ckpt_dir)
         start = mngr.latest_step()
         if start is not None:
-            state = mngr.restore(start, args=ocp.args.StandardRestore(state))
+            state = restore(mngr, start, state, ckpt_dir, generation)
             log.info('generation %d: resumed training at step %d/%d', generation, start, steps)
         start, lr = start or 0, train_lib.lr_schedule(cfg, steps)
         gen_key = streams.jax_key(cfg.seed, 'train', generation)

@@ -56,6 +56,19 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.endswith('\n') and line.strip()]
 
 
+def load_npy(path, fix: str, mmap_mode=None):
+    """np.load, with an unreadable file (truncated, corrupt, not a .npy) as one ValueError that
+    names the file and says what to do (`fix`)."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        why = ' '.join(str(e).split())[:120]
+        raise ValueError(f'{path}: not a readable .npy array ({type(e).__name__}: {why}); '
+                         f'{fix}') from None
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)

@@ -104,13 +104,17 @@ class GenDir:
         files.save_json(self.file('selection.json'), ts.info)
         files.save_npy(self.file('train_images.npy'), ts.images)
 
+    def _load(self, name, fix):
+        return files.load_npy(self.file(name), fix)
+
     def load_train_set(self) -> TrainSet:
+        fix = (f'delete {self.path} and rerun: the previous generation\'s selection makes it '
+               'again' if self.g else f'delete {self.path} and rerun: D_0 is made again')
+
         def opt(name):
-            p = self.file(name)
-            return np.load(p) if os.path.exists(p) else None
-        return TrainSet(np.load(self.file('train_images.npy')), opt('train_labels.npy'),
-                        np.load(self.file('train_source.npy')),
-                        np.load(self.file('train_index.npy')),
+            return self._load(name, fix) if os.path.exists(self.file(name)) else None
+        return TrainSet(self._load('train_images.npy', fix), opt('train_labels.npy'),
+                        self._load('train_source.npy', fix), self._load('train_index.npy', fix),
                         files.read_json(self.file('selection.json')))
 
     def save_pool(self, pool, labels, times, eval_sample=None):
@@ -123,13 +127,20 @@ class GenDir:
             files.save_npy(self.file('eval.npy'), eval_sample)
         files.save_npy(self.file('pool.npy'), pool)
 
+    # pool.npy marks training and sampling done: without it they run again, and training
+    # resumes from its final checkpoint, so only the sampling is redone
+    def _pool_fix(self):
+        return (f'delete {self.file("pool.npy")} and rerun: generation {self.g} is sampled again '
+                'from its final checkpoint')
+
     def load_eval(self):
         p = self.file('eval.npy')
-        return np.load(p) if os.path.exists(p) else None
+        return self._load('eval.npy', self._pool_fix()) if os.path.exists(p) else None
 
     def load_pool(self):
         lab = self.file('pool_labels.npy')
-        return np.load(self.file('pool.npy')), np.load(lab) if os.path.exists(lab) else None
+        return (self._load('pool.npy', self._pool_fix()),
+                self._load('pool_labels.npy', self._pool_fix()) if os.path.exists(lab) else None)
 
     def times(self) -> dict:
         p = self.file('times.json')

@@ -28,12 +28,15 @@ from collapse_jax.data import need
 log = logging.getLogger('collapse_jax')
 
 
-def validate(cfg, dataset_size: int | None = None):
-    """Every section's own checks, composed; raises ValueError naming the field."""
+def validate(cfg, dataset_size: int | None = None, with_files: bool = True):
+    """Every section's own checks, composed; raises ValueError naming the field. with_files=False
+    leaves out the files a run reads (weights, the TFDS data_dir): a dry run lists them apart."""
     check_top_level(cfg)
-    for check in (data.check_config, train_lib.check_config, diffusion.check_config,
-                  paradigms.check_config, measure.check_config, features.check_config):
+    for check in (train_lib.check_config, diffusion.check_config, paradigms.check_config,
+                  measure.check_config):
         check(cfg)
+    data.check_config(cfg, with_files)
+    features.check_config(cfg, with_files)
     if dataset_size is not None:
         extra = paradigms.fresh_per_generation(cfg) * (cfg.loop.generations - 1)
         need(cfg.data.n + extra <= dataset_size,
@@ -100,17 +103,17 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self.old)
 
 
-def sweep_configs(cfg, workdir):
+def sweep_configs(cfg, workdir, with_files: bool = True):
     """[(Variant, config, RunDir)] for cfg.sweep's variants (or the one configured, in workdir
     itself), all validated before any of them starts."""
     if not cfg.sweep:
-        validate(cfg)
+        validate(cfg, with_files=with_files)
         return [(layout.Variant.of(cfg), cfg, layout.RunDir(workdir))]
     out = []
     for v in layout.parse_variants(cfg.sweep):
         sub = cfg.copy_and_resolve_references()
         sub.loop.paradigm, sub.loop.selection, sub.sweep = v.paradigm, v.rule, ''
-        validate(sub)
+        validate(sub, with_files=with_files)
         out.append((v, sub, layout.SweepDir(workdir).run(v)))
     return out
 
@@ -255,7 +258,8 @@ class Run:
             return self._real_features
         path = self.dir.gen(int(source[1:])).file(f'features_{fz.name}.npy')
         if os.path.exists(path):
-            return np.load(path, mmap_mode='r')
+            return files.load_npy(path, 'delete it: it is a cache, remade from the pool',
+                                  mmap_mode='r')
         feats = fz(images)
         if self.writer:
             files.save_npy(path, feats)

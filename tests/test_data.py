@@ -82,3 +82,23 @@ def test_a_tfds_error_is_shown_with_the_array_record_advice(monkeypatch):
 def test_missing_file_is_a_clear_error():
     with pytest.raises(ValueError, match='no such file'):
         data.read_source('/nonexistent/x.npy')
+
+
+def test_a_corrupt_image_in_a_folder_or_a_truncated_npy_is_one_line_naming_the_file(tmp_path):
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f'{i}.png')
+    (folder / '1.png').write_bytes((folder / '1.png').read_bytes()[:20])  # cut short
+    with pytest.raises(ValueError) as e:
+        data.read_source(str(folder))
+    msg = str(e.value)
+    assert '\n' not in msg and '1.png is not a readable image' in msg and 'remove or replace' in msg
+    arr = tmp_path / 'x.npy'
+    np.save(arr, np.zeros((10, 8, 8, 1), np.uint8))
+    arr.write_bytes(arr.read_bytes()[:200])  # truncated
+    with pytest.raises(ValueError) as e:
+        data.read_source(str(arr))
+    msg = str(e.value)
+    assert '\n' not in msg and str(arr) in msg and 'not a readable .npy' in msg
+    assert 'write the array again' in msg

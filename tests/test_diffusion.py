@@ -91,6 +91,37 @@ def test_loss_of_a_zero_predictor_is_the_noise_variance():
         pytest.approx(1.0, abs=0.035)  # 5 sigma of a mean of 32768 squared normals
 
 
+def test_loss_of_the_exact_predictor_for_gaussian_like_data_is_its_closed_form():
+    """The linear MMSE predictor of eps from x_t = sqrt(a) x0 + sqrt(1 - a) eps, for pixels of
+    mean m and variance v, is sqrt(1 - a) (x_t - sqrt(a) m) / (a v + 1 - a); its expected loss at
+    t is a v / (a v + 1 - a), for any law of x0 with those moments. The loss must equal that
+    average over the t it drew: a wrong noising formula (a for sqrt(a), or the noise scale)
+    breaks it."""
+    acp = diffusion.linear_alphas_cumprod()
+    rng = np.random.default_rng(0)
+    imgs = np.clip(np.round(rng.normal(128, 40, (4096, 4, 4, 1))), 0, 255).astype(np.uint8)
+    x0 = imgs.astype(np.float64) / 127.5 - 1
+    m, v = x0.mean(), x0.var()
+    seen = []
+
+    class Exact(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones(()))
+
+        def __call__(self, x, t, y=None):
+            seen.append(np.asarray(t))
+            a = jnp.asarray(acp, jnp.float32)[t][:, None, None, None]
+            return self.w * jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * m) / (a * v + 1 - a)
+
+    graphdef, params = nnx.split(Exact())
+    loss = diffusion.make_loss_fn(graphdef, acp)
+    got = float(loss(params, jnp.asarray(imgs), jnp.zeros(4096, jnp.int32), jax.random.key(1)))
+    a = np.asarray(acp, np.float64)[seen[0]]
+    want = np.mean(a * v / (a * v + 1 - a))
+    assert 0.1 < want < 0.9
+    assert got == pytest.approx(want, abs=0.006)  # 5 sigma of the 65,536 squared residuals
+
+
 def test_bad_sampler_settings_are_rejected():
     acp = diffusion.linear_alphas_cumprod()
     with pytest.raises(ValueError, match='sample.steps'):

@@ -289,7 +289,7 @@ def project_study(rows, config='study_cifar10'):
 
 # ----------------------------------------------------------------------------- entry
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='CPU-sized problems (a few minutes)')
     ap.add_argument('--only', default='roofline,knn,greedy,threshold,sampler,train',
@@ -301,7 +301,11 @@ def main(argv=None):
                     '(bench/device.py): limits, UNet48 sampler and train step in bf16 and f32, '
                     'kNN, greedy, and the torch peers in a second process')
     ap.add_argument('--smoke', action='store_true', help='with --device: toy sizes (CPU)')
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.device:
         from collapse_jax.bench import device
         return device.main(args.out or 'bench_device.jsonl', smoke=args.smoke)

@@ -94,16 +94,17 @@ def check(name, weights=None):
                          '--mode=score); nothing is downloaded')
 
 
-def check_config(cfg) -> None:
-    """The feature spaces a run uses (loop.feature_space, the score space) and their weights."""
+def check_config(cfg, with_files: bool = True) -> None:
+    """The feature spaces a run uses (loop.feature_space, the score space) and, with `with_files`,
+    their weights files."""
     need(cfg.features.batch_size > 0, f'features.batch_size={cfg.features.batch_size}; must be > 0')
-    for name in NETWORKS:
+    for name in NETWORKS if with_files else ():
         path = cfg.features[name]
         need(not path or os.path.exists(path), f'features.{name}={path!r}: no such file')
     for field, space in (('loop.feature_space', cfg.loop.feature_space),
                          ('score.feature_space', score_space(cfg))):
         need(space in SPACES, f'{field}={space!r}; allowed: {", ".join(SPACES)}')
-        if space in ('inception', 'dinov2'):
+        if space in ('inception', 'dinov2') and with_files:
             need(cfg.features[space], f'{field}={space!r} needs features.{space}: a local '
                  'weights file (.safetensors, .npz or .pth in the PyTorch layout); nothing is '
                  'downloaded')  # that it exists: the loop above

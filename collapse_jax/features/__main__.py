@@ -9,7 +9,9 @@ USAGE = ('usage: python -m collapse_jax.features convert IN.pth OUT.safetensors\
          '       python -m collapse_jax.features train-digits OUT.npz')
 
 if __name__ == '__main__':
-    if sys.argv[1:2] == ['convert'] and len(sys.argv) == 4:
+    if sys.argv[1:] in (['--help'], ['-h']):
+        print(USAGE)
+    elif sys.argv[1:2] == ['convert'] and len(sys.argv) == 4:
         convert(sys.argv[2], sys.argv[3])
         print(json.dumps(dict(written=sys.argv[3])))
     elif sys.argv[1:2] == ['train-digits'] and len(sys.argv) == 3:
