@@ -6,6 +6,7 @@
   compare  python main.py --mode=compare --runs=<dir1>,<dir2>,... --workdir=<out dir>
   study    python main.py --mode=study --config=configs/study_cpu.py --workdir=<dir>
   calibrate python main.py --mode=calibrate --config=configs/calibrate_cpu.py --workdir=<dir>
+  entropy  python main.py --mode=entropy --config=configs/entropy_cpu.py --workdir=<dir>
 
 --dry_run with run, study or calibrate prints the plan and its projected time, and writes nothing.
 """
@@ -18,7 +19,8 @@ from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', None, 'Run directory (created; a rerun resumes it).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_enum('mode', 'run', ['run', 'score', 'compare', 'study', 'calibrate'], 'What to do.')
+flags.DEFINE_enum('mode', 'run', ['run', 'score', 'compare', 'study', 'calibrate', 'entropy'],
+                  'What to do.')
 flags.DEFINE_string('generated', '', 'score: .npy of generated images (uint8, or float in [0, 1]).')
 flags.DEFINE_string('train', '', 'score: .npy of the training images they are measured against.')
 flags.DEFINE_string('reference', '', 'score: .npy of held-out images: independent draws of the '
@@ -104,6 +106,10 @@ def dispatch():
     if FLAGS.mode == 'calibrate':
         from collapse_jax import calibrate
         calibrate.run_calibration(cfg, FLAGS.workdir)
+        return
+    if FLAGS.mode == 'entropy':
+        from collapse_jax import entropy
+        entropy.run_entropy(cfg, FLAGS.workdir)
         return
     loop.run(cfg, FLAGS.workdir)
 

@@ -16,7 +16,8 @@
   A sweep puts each variant in <workdir>/<paradigm>_<selection>/ (SweepDir); a study puts each
   (N, seed) sweep in <workdir>/N<N>_seed<seed>/ and its figures in <workdir>/figures/ (StudyDir);
   a calibration puts each N's model in <workdir>/N<N>/, its cells in N<N>/cells/ and its figures
-  in <workdir>/figures/ (CalibrateDir).
+  in <workdir>/figures/ (CalibrateDir); the entropy intervention puts each (K, seed) cell in
+  <workdir>/K<K>_seed<s>/ and its figures in <workdir>/figures/ (EntropyDir).
 
 Each phase's output is written atomically and the file that marks the phase done goes last
 (train_images.npy for D_g, pool.npy for training + sampling), so a killed run resumes from the
@@ -236,6 +237,25 @@ class CalibrateDir:
 
     def cell(self, n: int, steps: int, suffix: str = '.json') -> str:
         return os.path.join(self.root, f'N{n}', 'cells', f'steps{steps}{suffix}')
+
+    figures = property(lambda self: os.path.join(self.root, 'figures'))
+
+    def figure(self, name: str) -> str:
+        return os.path.join(self.figures, name)
+
+
+class EntropyDir:
+    """The entropy intervention: one generation-0 run per (K, seed) cell (its checkpoint and
+    pictures), the cell's record beside it, and the figures."""
+
+    def __init__(self, root):
+        self.root = os.fspath(root)
+
+    def run(self, parents: int, seed: int) -> RunDir:
+        return RunDir(os.path.join(self.root, f'K{parents}_seed{seed}'))
+
+    def cell(self, parents: int, seed: int) -> str:
+        return os.path.join(self.root, f'K{parents}_seed{seed}', 'cell.json')
 
     figures = property(lambda self: os.path.join(self.root, 'figures'))
 

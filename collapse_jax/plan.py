@@ -15,7 +15,11 @@ from collapse_jax import paradigms, train as train_lib
 
 def runs_of(cfg, mode: str) -> list:
     """[(n, seed, [Variant])] of the job, every config validated as the job would."""
-    from collapse_jax import calibrate, layout, loop, study
+    from collapse_jax import calibrate, entropy, layout, loop, study
+    if mode == 'entropy':
+        p = entropy.plan_of(cfg)
+        loop.validate(cfg, with_files=False)
+        return [(cfg.data.n, s, [layout.Variant.of(cfg)]) for s in p.seeds for _ in p.parents]
     if mode == 'study':
         p, out = study.plan_of(cfg), []
         for n, seed, variants in p.passes():
@@ -84,10 +88,18 @@ def _matmul_rate(dtype) -> float:
 def describe(cfg, mode: str, topology: str = '', mfu: float = 0.3) -> dict:
     """The plan as one dict (see the module docstring)."""
     runs = runs_of(cfg, mode)
-    work = engine_lib.work(cfg, [(n, v) for n, _, v in runs]) if mode != 'calibrate' else dict(
-        train_images=sum(train_lib.total_steps(cfg, n) * cfg.train.batch_size for n, _, _ in runs),
-        unet_evals=len(runs) * len(str(cfg.calibrate.steps).split(',')) * cfg.score.eval_n
-        * cfg.sample.steps)
+    if mode in ('calibrate', 'entropy'):  # one generation-0 model per run, eval_n samples
+        cfg = cfg.copy_and_resolve_references()
+        cfg.loop.generations = 1
+        samples = 1
+        if mode == 'calibrate':  # one run per N to the largest step count, sampled at each
+            steps = [int(v) for v in str(cfg.calibrate.steps).split(',')]
+            cfg.train.steps, samples = max(steps), len(steps)
+        work = dict(train_images=sum(train_lib.total_steps(cfg, n) * cfg.train.batch_size
+                                     for n, _, _ in runs),
+                    unet_evals=len(runs) * samples * cfg.score.eval_n * cfg.sample.steps)
+    else:
+        work = engine_lib.work(cfg, [(n, v) for n, _, v in runs])
     flops_per_eval = engine_lib.unet_flops(cfg, train_lib.model_graph(cfg))
     flops = flops_per_eval * (3 * work['train_images'] + work['unet_evals'])
     backend = jax.default_backend()

@@ -10,6 +10,7 @@
 | candidates  | (generation,)       | the shuffled candidate rows for D_{g+1} (paradigms)       |
 | selection   | (generation,)       | the selection rule's own seed (random, greedy start, ...) |
 | mirror      | (generation,)       | the same two choices for the held-out mirror of D_{g+1}   |
+| parents     | (parents,)          | the entropy intervention's draws of P_K: D, then H        |
 | init        | ()                  | the UNet's initial weights (nnx.Rngs draws fold_in(it, i)) |
 | train       | (generation,)       | a generation's training key; the step is folded in after  |
 | sample      | (generation,)       | a generation's pool S_g; the batch is folded in after     |
@@ -24,10 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-_NUMPY_SALT = {'real_order': 0, 'batches': 1, 'candidates': 2, 'selection': 3, 'mirror': 4}
+_NUMPY_SALT = {'real_order': 0, 'batches': 1, 'candidates': 2, 'selection': 3, 'mirror': 4,
+               'parents': 5}
 _JAX_SALT = {'train': 0, 'sample': 1, 'eval': 2, 'init': 3}
 _INDEX = {'real_order': 0, 'batches': 2, 'candidates': 1, 'selection': 1, 'mirror': 1,
-          'train': 1, 'sample': 1, 'eval': 1, 'init': 0}
+          'parents': 1, 'train': 1, 'sample': 1, 'eval': 1, 'init': 0}
 
 
 def _check(name, table, index):
