@@ -2,6 +2,8 @@
 greedy peer (the reference's PyTorch loop, where torch is installed) picks what ours picks."""
 import json
 
+import jax
+
 import numpy as np
 import pytest
 
@@ -68,25 +70,78 @@ def test_projects_the_paper_scale_study_from_measured_rates():
 
 @pytest.mark.slow
 def test_device_bench_smoke_runs_every_row_and_writes_each_as_it_goes(tmp_path):
-    """The accelerator benchmark's own code at toy sizes on the CPU (4 faked devices): every row
-    in order, measured values, the greedy arithmetic compared, the peers' process reached."""
+    """The accelerator benchmark's own code at toy sizes on the CPU (4 faked devices): every
+    section in order of value, measured values, the greedy arithmetic compared, the peers'
+    process reached; every row tagged with the run and the versions; a second run appends."""
     out = tmp_path / 'device.jsonl'
     rows = bench.main(['--device', '--smoke', f'--out={out}'])
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r['name'] for r in lines] == [r['name'] for r in rows]
     names = [r['name'] for r in lines]
-    assert names[:4] == ['matmul 256^3 bfloat16', 'matmul 256^3 tf32', 'matmul 256^3 float32',
-                         'memory bandwidth (4 MiB read + written)']
+    assert names[:5] == ['matmul 256^3 bfloat16', 'matmul 256^3 tf32', 'matmul 256^3 float32',
+                         'memory bandwidth (4 MiB read + written)',
+                         'sampler tiny bfloat16 batch=4']
+    assert names[5].startswith('knn') and names[6].startswith('greedy')
     assert [n for n in names if n.startswith('train step')] == [
         f'train step tiny {d} batch=4 fed from {f}' for d in ('bfloat16', 'float32')
         for f in ('host', 'device', 'device, 2 steps a call')]
     assert len([n for n in names if n.startswith('sampler tiny')]) == 2
-    for r in lines[:-1]:  # ours: measured, and MFU against the measured matmul in (0, 1.5)
-        assert np.isfinite(r['value']) and r['value'] > 0, r
+    assert any(n.startswith('threshold 64 of 320') for n in names)
+    ours = [r for r in lines if not r['name'].startswith('peer')]
+    for r in ours:  # measured, and MFU against the measured matmul in (0, 1.5)
+        assert np.isfinite(r['value']) and r['value'] > 0 and 'status' not in r, r
         if r.get('mfu_measured') is not None:
             assert 0 < r['mfu_measured'] < 1.5, r
+            assert r['arithmetic'] == ('bfloat16' if 'bfloat16' in r['name'] else 'float32')
+    assert len({r['run_id'] for r in lines}) == 1
+    assert all(r['jax'] == jax.__version__ and r['jaxlib'] for r in lines)
     g = next(r for r in lines if r['name'].startswith('greedy'))
     # the exact integer path; float64 and, at d = 64, float32 are exact too: the same picks
     assert g['float64_picks_identical'] == g['float32_picks_identical'] == g['picks'] == 64
     peers = [r for r in lines if r['name'].startswith('peer')]
-    assert peers and (peers[0]['name'] != 'peers' or 'not installed' in peers[0]['skipped'])
+    assert peers and (peers[0]['name'] != 'peers' or 'not installed' in peers[0]['reason'])
+    again = bench.main(['--device', '--smoke', f'--out={out}', '--budget_s=1'])
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    assert kept[:len(lines)] == lines and kept[len(lines):] == again  # appended, never deleted
+
+
+@pytest.mark.slow
+def test_device_bench_survives_a_raising_section_and_skips_what_the_budget_cannot_hold(
+        tmp_path, monkeypatch):
+    from collapse_jax.bench import device
+    out = tmp_path / 'device.jsonl'
+    rows = bench.main(['--device', '--smoke', f'--out={out}', '--budget_s=1'])
+    assert rows and all(r['status'] == 'skipped' and np.isnan(r['value']) for r in rows)
+    assert rows[0]['name'] == 'limits' and 'of --budget_s left' in rows[0]['reason']
+
+    def boom(*a, **k):
+        raise RuntimeError('CUDA_ERROR_OUT_OF_MEMORY\nat line 2')
+    ran = []  # the UNet sections are the smoke test's; here they only say that they ran
+    monkeypatch.setattr(device, 'knn', boom)
+    for name in ('sampler', 'train_steps', 'peers'):
+        monkeypatch.setattr(device, name, lambda *a, name=name, **k: ran.append(name))
+    rows = bench.main(['--device', '--smoke', f'--out={tmp_path / "b.jsonl"}'])
+    failed = [r for r in rows if r.get('status') == 'failed']
+    assert [r['name'] for r in failed] == ['knn']
+    assert failed[0]['error'] == 'RuntimeError: CUDA_ERROR_OUT_OF_MEMORY at line 2'
+    after = [r['name'] for r in rows[rows.index(failed[0]) + 1:]]
+    assert after[0].startswith('greedy') and after[1].startswith('threshold')
+    assert ran == ['sampler', 'train_steps', 'sampler', 'train_steps', 'peers']  # all ran
+
+
+def test_device_sizes_refuse_a_cpu_backend():
+    with pytest.raises(SystemExit, match="JAX's backend is 'cpu'"):
+        bench.main(['--device'])
+
+
+def test_mfu_is_taken_against_the_arithmetic_used():
+    from collapse_jax.bench import device
+    assert device.arithmetic('bfloat16', 'gpu') == 'bfloat16'
+    assert device.arithmetic('float32', 'gpu') == 'tf32'
+    assert device.arithmetic('float32', 'tpu') == 'bfloat16'
+    assert device.arithmetic('float32', 'cpu') == 'float32'
+    for kind in ('NVIDIA H100 80GB HBM3', 'NVIDIA H100 PCIe', 'NVIDIA H200', 'NVIDIA L4',
+                 'NVIDIA A100-SXM4-80GB', 'TPU v4', 'TPU v5 lite', 'TPU v5', 'TPU v6 lite'):
+        spec = device.SPEC[kind]
+        assert spec['bfloat16'] > spec.get('tf32', 0) > spec.get('float32', -1) or \
+            kind.startswith('TPU'), kind

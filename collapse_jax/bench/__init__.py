@@ -15,6 +15,7 @@ after a warm-up (compilation excluded and reported apart).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -301,14 +302,25 @@ def parser() -> argparse.ArgumentParser:
                     '(bench/device.py): limits, UNet48 sampler and train step in bf16 and f32, '
                     'kNN, greedy, and the torch peers in a second process')
     ap.add_argument('--smoke', action='store_true', help='with --device: toy sizes (CPU)')
+    ap.add_argument('--budget_s', type=float, default=None, help='with --device: seconds the '
+                    'run may take (default 420; none with --smoke); a section that would not fit '
+                    'is skipped (a row says so)')
+    ap.add_argument('--peers_python', default='', help='with --device: the Python that runs the '
+                    'torch peers (a CUDA torch virtualenv beside JAX\'s); default: this one')
     return ap
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
     if args.device:
+        if not args.smoke and jax.default_backend() == 'cpu':
+            sys.exit("error: --device runs accelerator sizes, but JAX's backend is 'cpu' (no GPU "
+                     "or TPU started): install the accelerator's jaxlib (pip install -e "
+                     '".[cuda12]", ".[cuda13]" or ".[tpu]"), or add --smoke for toy sizes')
         from collapse_jax.bench import device
-        return device.main(args.out or 'bench_device.jsonl', smoke=args.smoke)
+        return device.main(args.out or 'bench_device.jsonl', smoke=args.smoke,
+                           budget_s=args.budget_s if args.budget_s is not None else
+                           math.inf if args.smoke else 420.0, peers_python=args.peers_python)
     if args.smoke:
         sys.exit('error: --smoke goes with --device')
     args.out = args.out or 'bench.jsonl'

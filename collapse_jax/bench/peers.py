@@ -3,6 +3,8 @@ it was before its lazy updates, diffusers' UNet built like ours, and a PyTorch t
 and diffusers are imported inside each function (requirements-bench.txt; never the package's)."""
 from __future__ import annotations
 
+import json
+import os
 from functools import partial
 
 import jax
@@ -106,17 +108,24 @@ def device_main(argv=None):
     ap.add_argument('--smoke', action='store_true')
     a = ap.parse_args(argv)
 
+    tags = json.loads(os.environ.get('COLLAPSE_JAX_BENCH_TAGS', '{}'))  # the run's id
+
     def add(name, value, unit, **extra):
-        r = dict(name=name, value=value, unit=unit, **extra)
+        r = dict(name=name, value=value, unit=unit, **{**tags, **extra})
         files.append_jsonl(a.out, r)
         print(f'{name:<52} {value:>12.4g} {unit:<10} peer', flush=True)
     try:
         import torch
         import diffusers
     except ImportError as e:
-        add('peers', math.nan, '', skipped=f'{e.name} is not installed (requirements-bench.txt)')
+        add('peers', math.nan, '', status='skipped',
+            reason=f'{e.name} is not installed (requirements-bench.txt)')
         return
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if dev == 'cpu' and not a.smoke:
+        add('peers', math.nan, '', status='skipped', reason='torch sees no GPU (a CPU run '
+            'would be no peer of a device row); give --peers_python a CUDA torch')
+        return
     sync = torch.cuda.synchronize if dev == 'cuda' else (lambda: None)
     res, steps = int(a.res), int(a.steps)
     kind = torch.cuda.get_device_name() if dev == 'cuda' else 'cpu'
