@@ -95,8 +95,9 @@ def dispatch():
                 'cpu_devices=%d: XLA\'s CPU all-reduce has aborted or hung under heavy load from '
                 'other processes (README, cpu_devices); rerun the same command to resume',
                 cfg.cpu_devices)
-    if cfg.compilation_cache:  # every process, restart and variant reuses the compiled programs
-        jax.config.update('jax_compilation_cache_dir', os.path.expanduser(cfg.compilation_cache))
+    cache = parallel.compilation_cache(cfg, FLAGS.workdir)
+    if cache:  # every process, restart and variant reuses the compiled programs
+        jax.config.update('jax_compilation_cache_dir', cache)
     if cfg.distributed:
         parallel.initialize()
     if FLAGS.mode == 'study':

@@ -223,7 +223,10 @@ class Engine:
         `ckpt_dir` if a checkpoint is there. The batch order and the step's key depend only on
         (seed, generation, step), so a resumed training takes the steps an uninterrupted one
         would. train.feed 'device' keeps the images on the devices and gathers each batch there
-        (train.steps_per_call steps a call); 'host' gathers in NumPy and transfers each batch."""
+        (train.steps_per_call steps a call); 'host' gathers in NumPy and transfers each batch.
+        events.should_stop() ends training at the next call with a checkpoint; with several
+        processes the decision is collective, taken at the next step that logs or saves, so
+        every process saves the same step."""
         ev, n, t = events or Events(), images.shape[0], cfg.train
         steps = train_lib.total_steps(cfg, n)
         tx = train_lib.make_optimizer(cfg, steps)
@@ -262,8 +265,12 @@ class Engine:
                         parallel.shard_batch(self.mesh, labels[rows[0]]), gen_key)
                 done, stopped = step + k, ev.should_stop()
                 hook = ev.hooks.get(done)
+                sync = (done % t.ckpt_every == 0 or done == steps or hook is not None
+                        or done % t.log_every == 0)
+                if jax.process_count() > 1:  # a notice may reach one host first: every process
+                    stopped = sync and parallel.any_process(stopped)  # stops at the same step
                 save = done % t.ckpt_every == 0 or done == steps or stopped or hook is not None
-                if not (save or done % t.log_every == 0):
+                if not (save or sync):
                     continue  # no host sync between progress lines
                 lv = float(metrics['loss'])
                 if not np.isfinite(lv):  # checked before any save: the last checkpoint stays good

@@ -18,8 +18,8 @@ import numpy as np
 import jax
 from jax.experimental import multihost_utils
 
-from collapse_jax import (data, diffusion, features, files, layout, measure, metrics, report,
-                          paradigms, streams)
+from collapse_jax import (data, diffusion, features, files, layout, measure, metrics, parallel,
+                          paradigms, report, streams)
 from collapse_jax import engine as engine_lib
 from collapse_jax import judge as judge_lib
 from collapse_jax import train as train_lib
@@ -49,7 +49,8 @@ def check_top_level(cfg) -> None:
     for field in ('seed', 'cpu_devices'):
         need(cfg[field] >= 0, f'{field}={cfg[field]}; must be >= 0')
     need(not os.path.isfile(os.path.expanduser(cfg.compilation_cache)),
-         f"compilation_cache={cfg.compilation_cache!r} is a file; give a directory, or '' (off)")
+         f"compilation_cache={cfg.compilation_cache!r} is a file; give a directory, 'auto' or "
+         "'' (off)")
     if cfg.sweep:  # the form here; each variant's paradigm and rule by its own validate
         layout.parse_variants(cfg.sweep)
 
@@ -83,6 +84,13 @@ def check_workdir_config(path, cfg_json):
 class Stopped(Exception):
     """SIGTERM stopped the run at a checkpoint; the same command resumes it. Raised, not
     returned, so that a sweep or a study does not go on to its next variant."""
+
+
+def stop_at_boundary(pre, where):
+    """A SIGTERM that came outside training (sampling, scoring, selection) stops the run at the
+    next phase boundary, every process together (the decision is collective)."""
+    if parallel.any_process(pre.flag):
+        raise Stopped(f'stopped by SIGTERM {where}; rerun to resume')
 
 
 class _Preemption:
@@ -194,15 +202,18 @@ class Run:
                     times = self.train_and_sample(g, d_g, should_stop=lambda: pre.flag)
                     if times is None:
                         raise Stopped(f'stopped by SIGTERM in generation {g}; rerun to resume')
+                stop_at_boundary(pre, f'after training and sampling generation {g}')
                 if not any(r['generation'] == g for r in records):      # phase 2: score
                     rec = self.score(g, d_g, self.pool(g)[0], times or gd.times())
                     records = self._add_record(records, rec)
+                stop_at_boundary(pre, f'after scoring generation {g}')
                 d_g = None
                 if g < last and not self.dir.gen(g + 1).has_train_set():  # phase 3: select
                     if self.writer:  # one selection for all hosts: the others read it
                         d_g = self.select(g)
                         self.dir.gen(g + 1).save_train_set(d_g)
                     _barrier(f'training set {g + 1}')
+                stop_at_boundary(pre, f'after selecting training set {g + 1}')
                 if times is not None and not resumed:  # a whole generation, for the ETA
                     self.progress.generation_done(time.time() - t_gen)
         return records

@@ -80,3 +80,23 @@ def check_divisible(batch: int, field: str):
     n = jax.device_count()
     if batch % n:
         raise ValueError(f'{field}={batch} must be divisible by the device count ({n})')
+
+
+def compilation_cache(cfg, workdir: str) -> str:
+    """XLA's persistent cache directory ('' = off). 'auto': ~/.cache/collapse_jax/xla on one
+    process; with config.distributed, <workdir>/xla_cache, a path every host of a slice reads
+    (JAX writes the cache from process 0 only, so a per-host default would serve only it)."""
+    if cfg.compilation_cache != 'auto':
+        return os.path.expanduser(cfg.compilation_cache)
+    if cfg.distributed:
+        return os.path.join(os.path.abspath(workdir), 'xla_cache')
+    return os.path.expanduser('~/.cache/collapse_jax/xla')
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set in any process: one small all-gather, so that every process takes
+    the same decision at the same point (a preemption notice may reach one host first)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.max(multihost_utils.process_allgather(np.asarray(flag, np.int32))))

@@ -20,8 +20,10 @@ def get_config():
     # it anyway. Install the GPU or TPU jaxlib instead (README, "Install").
     c.force_cpu = False
     # XLA's persistent compilation cache, shared by every process, restart and study variant
-    # ('' = off). ~ is expanded.
-    c.compilation_cache = '~/.cache/collapse_jax/xla'
+    # ('' = off; a path, ~ expanded, gs:// allowed). 'auto': ~/.cache/collapse_jax/xla on one
+    # process, <workdir>/xla_cache with `distributed` (JAX writes it from process 0 only, so it
+    # must live where every host reads it).
+    c.compilation_cache = 'auto'
     # Run several (paradigm:selection) variants, each in <workdir>/<paradigm>_<selection>, and
     # draw them on shared axes; '' runs loop.paradigm / loop.selection in <workdir> itself.
     c.sweep = ''

@@ -33,6 +33,13 @@ if os.environ.get('TRAINSETS_LOG'):  # the images each generation trains on, by 
             f.write(hashlib.sha256(images.tobytes()).hexdigest() + '\\n')
         return real_train(self, cfg, images, *a, **k)
     engine.Engine.train = train
+if os.environ.get('CACHE_EVENTS'):  # hits of XLA's persistent compilation cache
+    import jax.monitoring
+    def on_event(name, **kw):
+        if name == '/jax/compilation_cache/cache_hits':
+            with open(os.environ['CACHE_EVENTS'], 'a') as f:
+                f.write(name + '\\n')
+    jax.monitoring.register_event_listener(on_event)
 if os.environ.get('JAX_PROCESS_ID') == '1' and os.environ.get('PERTURB_FEATURES'):
     from collapse_jax import features  # this process sees other features: its own selection
     real_call = features.Featurizer.__call__  # would pick other rows
@@ -55,7 +62,8 @@ def launch(tmp_path, workdir, *overrides, tag='run', **extra_env):
                    XLA_FLAGS='--xla_backend_optimization_level=0',  # as conftest, minus devices
                    JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
                    JAX_PROCESS_ID=str(pid), WRITES_LOG=str(tmp_path / f'{tag}_writes{pid}'),
-                   TRAINSETS_LOG=str(tmp_path / f'{tag}_trainsets{pid}'), **extra_env)
+                   TRAINSETS_LOG=str(tmp_path / f'{tag}_trainsets{pid}'),
+                   CACHE_EVENTS=str(tmp_path / f'{tag}_cache{pid}'), **extra_env)
         log = open(tmp_path / f'{tag}_log{pid}', 'w')
         procs.append(subprocess.Popen(
             [sys.executable, '-c', RECORDING, '--config=tests/tiny_config.py',
@@ -132,3 +140,50 @@ def test_a_killed_process_ends_the_other_and_both_resume(tmp_path, reaped):
     assert 'generation 0: resumed training at step' in read(tmp_path / 'b_log0')
     recs = (workdir / 'metrics.jsonl').read_text().splitlines()
     assert [json.loads(x)['generation'] for x in recs] == [0, 1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_equals_an_unbroken_run(
+        tmp_path, reaped):
+    """A preemption notice that reaches process 1 only, during training: both processes save
+    the same step and exit 0; the same command on both then ends where an unbroken 2-process
+    run ends, hitting the compile cache the first launch left under the workdir."""
+    import signal
+    args = ('--config.train.steps=60', '--config.train.log_every=10',
+            '--config.train.ckpt_every=30')
+    procs = launch(tmp_path, tmp_path / 'whole', *args, tag='w')
+    reaped += procs
+    for p in procs:
+        assert p.wait(timeout=900) == 0, read(tmp_path / 'w_log0')[-3000:]
+    workdir = tmp_path / 'run'
+    procs = launch(tmp_path, workdir, *args, tag='a')
+    reaped += procs
+    deadline = time.time() + 900
+    while 'generation 0 step 10/60' not in read(tmp_path / 'a_log1'):
+        assert time.time() < deadline and procs[1].poll() is None, read(tmp_path / 'a_log1')
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    t0 = time.time()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0], read(tmp_path / 'a_log0')[-3000:]
+    assert time.time() - t0 < 60
+    for i in range(2):
+        assert 'stopped by SIGTERM in generation 0' in read(tmp_path / f'a_log{i}')
+    saved = sorted(int(s) for s in os.listdir(workdir / 'gen_000' / 'ckpt') if s.isdigit())
+    assert len(saved) == 1 and 10 < saved[0] < 60 and saved[0] % 10 == 0  # a step both logged
+    procs = launch(tmp_path, workdir, *args, tag='b')
+    reaped += procs
+    for p in procs:
+        assert p.wait(timeout=900) == 0, read(tmp_path / 'b_log0')[-3000:]
+    assert f'generation 0: resumed training at step {saved[0]}' in read(tmp_path / 'b_log0')
+    # the compile cache lives under the workdir (JAX writes it from process 0 only): the first
+    # launch wrote it, and the second launch's process 0 hits it. (On this CPU test bed process
+    # 1's cache keys differ from process 0's, so it misses; on a TPU slice every host's do not.)
+    assert any(f.startswith('jit_steps-') for f in os.listdir(workdir / 'xla_cache'))
+    assert 'cache_hits' in read(tmp_path / 'b_cache0')
+    want, got = (strip([json.loads(x) for x in (d / 'metrics.jsonl').read_text().splitlines()])
+                 for d in (tmp_path / 'whole', workdir))
+    assert [r['generation'] for r in got] == [0, 1]
+    for a, b in zip(got, want):
+        assert a['final_loss'] == b['final_loss'] and a['train_entropy'] == b['train_entropy']
+    np.testing.assert_array_equal(np.load(workdir / 'gen_001' / 'train_index.npy'),
+                                  np.load(tmp_path / 'whole' / 'gen_001' / 'train_index.npy'))
