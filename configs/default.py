@@ -99,7 +99,7 @@ def get_config():
     sc.pr_k = 3                     # k of the k-NN manifold precision/recall
     # Evaluation sample E_g, drawn apart from the pool: FD, precision/recall and recognizable
     # are measured on it against as many held-out real images (fd_floor: two such real sets),
-    # and D_{g+1}'s construction repeated on it (loop.Run.heldout_set) gives the held-out set
+    # and D_{g+1}'s construction repeated on it (paradigms.heldout_set) gives the held-out set
     # of the next generation's copy measures (copy_z, copy_auc, copy_share_q*): as many
     # replicas of N images from pool_factor x N draws as it holds (from N draws under none and
     # random). 0 = none (FD on the pool, copy measures at generation 0 only).
