@@ -288,7 +288,7 @@ def peers(rows, z, smoke, python='', timeout=600):
     env = dict(os.environ, COLLAPSE_JAX_BENCH_TAGS=json.dumps(rows.tags))
     try:
         p = subprocess.run(cmd + (['--smoke'] if smoke else []), capture_output=True, text=True,
-                           timeout=timeout, env=env)
+                           timeout=None if math.isinf(timeout) else timeout, env=env)
     except subprocess.TimeoutExpired:
         rows.add('peers', math.nan, '', status='failed', error=f'timed out after {timeout:.0f} s')
         return
