@@ -140,7 +140,8 @@ def _pearson_figure(plt, runs, base, r, trend):
         ax.scatter([], [], color=cmap(gens.index(g)), s=18, label=f'generation {g}')
     for i, s in enumerate(seeds):
         ax.scatter([], [], color='grey', marker='os^D'[i % 4], s=18, label=f'seed {s}')
-    within = ', '.join(f'{g}: {v:.2f}' for g, v in trend['pearson_within_generation'].items())
+    within = ', '.join(f'{g}: {v:.2f} ({trend["pearson_within_generation_points"][g]} pts)'
+                       for g, v in trend['pearson_within_generation'].items()) or 'none'
     ax.set_title(f'entropy vs log GS; {base} (black edge): r = {r:.3f} (paper: 0.91)\n'
                  f"r(entropy, generation index) = {trend['pearson_entropy_generation']:.3f}; "
                  f'r across variants at generation {within}', fontsize=7)
@@ -153,17 +154,23 @@ def _pearson_figure(plt, runs, base, r, trend):
 
 def _trend_r(runs, base, hn):
     """What the entropy/log-GS r can and cannot tell: the baseline's entropy against the
-    generation index (anything that trends with generations matches log GS as well), and the r
-    across variants and seeds at each generation >= 1, at the headline N."""
-    pts = np.array([(x['train_entropy'], x['generation']) for (n, s, v), recs in runs.items()
-                    if v == base and n == hn for x in recs], np.float64).reshape(-1, 2)
-    within = {}
+    generation index, FD and the samples' mean intensity (anything that trends with generations
+    matches log GS as well), and the r across variants and seeds at each generation >= 1, at the
+    headline N."""
+    def base_r(y):
+        return report.pearson(np.array([(x['train_entropy'], y(x)) for (n, s, v), recs in
+                                        runs.items() if v == base and n == hn for x in recs
+                                        if y(x) is not None], np.float64).reshape(-1, 2))
+    within, count = {}, {}
     for g in sorted({x['generation'] for recs in runs.values() for x in recs} - {0}):
         p = np.array([(x['train_entropy'], np.log(x['gs_mse'])) for (n, _, _), recs in
                       runs.items() if n == hn for x in recs if x['generation'] == g])
         if len(p) > 2:
-            within[g] = report.pearson(p)
-    return dict(pearson_entropy_generation=report.pearson(pts), pearson_within_generation=within)
+            within[g], count[g] = report.pearson(p), len(p)
+    return dict(pearson_entropy_generation=base_r(lambda x: x['generation']),
+                pearson_entropy_fd=base_r(lambda x: x.get('fd')),
+                pearson_entropy_mean_intensity=base_r(lambda x: x.get('mean_intensity')),
+                pearson_within_generation=within, pearson_within_generation_points=count)
 
 
 def _selection_figure(plt, runs, hn, groups, space, keys=('gs_mse', 'fd')):
