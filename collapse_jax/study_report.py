@@ -219,7 +219,8 @@ def _copying_figure(plt, runs, hn, variants):
             g, mean, lo, hi = _spread(runs, hn, v, key)
             if not len(g):
                 continue
-            seeds = sorted({s for n, s, x in runs if n == hn and x == v})
+            seeds = sorted({s for (n, s, x), recs in runs.items() if n == hn and x == v
+                            and any(r['generation'] > 0 for r in recs)})  # past the shared 0
             ax.plot(g, mean, marker='o', color=f'C{i}', label=v + (
                 f' (seed {seeds[0]} only)' if len(seeds) == 1 else f' ({len(seeds)} seeds)'))
             ax.fill_between(g, lo, hi, color=f'C{i}', alpha=0.2)
