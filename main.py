@@ -41,11 +41,9 @@ FLAGS = flags.FLAGS
 
 
 def _label(run_dir):
-    import json
-    from collapse_jax import layout
+    from collapse_jax import files, layout
     try:
-        with open(os.path.join(run_dir, 'config.json')) as f:
-            lp = json.load(f)['loop']
+        lp = files.read_json(os.path.join(run_dir, 'config.json'))['loop']
         return layout.Variant(lp['paradigm'], lp['selection']).label
     except (OSError, KeyError, ValueError):
         return os.path.basename(os.path.normpath(run_dir))
@@ -59,11 +57,7 @@ def dispatch():
         return
     if not FLAGS.workdir:
         sys.exit('error: --workdir is required')
-    if '://' in FLAGS.workdir:
-        sys.exit(f'error: --workdir={FLAGS.workdir}: object stores are not supported (checkpoints, '
-                 'pools and records are written with atomic renames); mount the bucket (e.g. '
-                 'gcsfuse) or use a local or network filesystem path')
-    if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    if '://' not in FLAGS.workdir and os.path.isfile(FLAGS.workdir):
         sys.exit(f'error: --workdir={FLAGS.workdir} is a file; give a directory (new or a run to '
                  'resume)')
     if FLAGS.mode == 'compare':

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 
 import numpy as np
 
@@ -80,12 +79,12 @@ def run_calibration(cfg, workdir, engine=None):
 def _calibrate_n(cfg, cd, steps, engine):
     """One model of generation 0 at N = cfg.data.n; a cell at each step count."""
     n = cfg.data.n
-    todo = [s for s in steps if not os.path.exists(cd.cell(n, s))]
+    todo = [s for s in steps if not files.exists(cd.cell(n, s))]
     if not todo:
         return
     real, rd = loop.real_split(cfg), cd.run(n)
     jd, (images, labels) = judge.Judge(cfg, real), real.d0()
-    os.makedirs(rd.root, exist_ok=True)
+    files.makedirs(rd.root)
     loop.check_workdir_config(rd.config, cfg.to_json(sort_keys=True))
 
     def measure_at(s):
@@ -114,7 +113,7 @@ def _calibrate_n(cfg, cd, steps, engine):
 def collect(cfg, workdir):
     p, cd = plan_of(cfg), layout.CalibrateDir(workdir)
     return [files.read_json(cd.cell(n, s)) for n in p.ns for s in p.steps
-            if os.path.exists(cd.cell(n, s))]
+            if files.exists(cd.cell(n, s))]
 
 
 def headline(cells, c):

@@ -69,13 +69,13 @@ def _npy(path):
 
 
 def _folder(path):
-    names = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXT))
+    names = [f for f in files.listdir(path) if f.lower().endswith(IMAGE_EXT)]
     if not names:
         raise ValueError(f'data.source={path!r}: folder holds no images ({", ".join(IMAGE_EXT)})')
     imgs = []
     for f in names:
         try:
-            with Image.open(os.path.join(path, f)) as im:
+            with files.open_file(os.path.join(path, f)) as fh, Image.open(fh) as im:
                 imgs.append(np.asarray(im.convert('RGB')))
         except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
             raise ValueError(f'data.source={path!r}: {f} is not a readable image '
@@ -90,12 +90,12 @@ def read_source(source: str, split: str = 'train', data_dir: str = ''):
     if source in EMBEDDED:
         return _embedded(source)
     if source.endswith('.npy'):
-        if not os.path.isfile(source):
+        if not files.isfile(source):
             raise ValueError(f'data.source={source!r}: no such file')
         return _npy(source)
-    if os.path.isdir(source):
+    if files.isdir(source):
         return _folder(source)
-    if source.startswith('/') or source.startswith('.'):
+    if source.startswith(('/', '.')) or files.is_url(source):
         raise ValueError(f'data.source={source!r}: no such file or folder; {OFFLINE_HINT}')
     return _tfds(source.removeprefix('tfds:'), split, data_dir)
 
@@ -219,7 +219,7 @@ def check_config(cfg, with_files: bool = True) -> None:
     d = cfg.data
     need(d.source, "data.source=''; allowed: mnist5k, digits, a TFDS name, a .npy file or a folder")
     need(d.split, "data.split=''; must name a TFDS split (for example 'train')")
-    need(not with_files or not d.data_dir or os.path.isdir(d.data_dir), f'data.data_dir={d.data_dir!r}: no such '
+    need(not with_files or not d.data_dir or files.isdir(d.data_dir), f'data.data_dir={d.data_dir!r}: no such '
          "directory ('' = the TFDS default)")
     need(d.resolution > 0, f'data.resolution={d.resolution}; must be > 0')
     need(d.n >= 2, f'data.n={d.n}; must be >= 2')

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 
 import numpy as np
 
@@ -112,7 +111,7 @@ def run_entropy(cfg, workdir, engine=None):
         real = loop.real_split(sub)
         jd = judge.Judge(sub, real)
         for k in p.parents:
-            if not os.path.exists(ed.cell(k, sub.seed)):
+            if not files.exists(ed.cell(k, sub.seed)):
                 _cell(sub, ed, k, p, real, jd, engine)
     return draw_results(cfg, workdir)
 
@@ -120,7 +119,7 @@ def run_entropy(cfg, workdir, engine=None):
 def _cell(cfg, ed, k, p, real, jd, engine):
     d, h, what = sets(cfg, real, jd, k, p)
     rd = ed.run(k, cfg.seed)
-    os.makedirs(rd.root, exist_ok=True)
+    files.makedirs(rd.root)
     loop.check_workdir_config(rd.config, cfg.to_json(sort_keys=True))
     res = engine.train(cfg, d, None, 0, rd.gen(0).ckpt, train_lib.init_params(cfg))
     sample = engine.sample(cfg, res.weights(cfg.train.ema), cfg.score.eval_n, 0, 'eval')[0]
@@ -147,7 +146,7 @@ def _cell(cfg, ed, k, p, real, jd, engine):
 def collect(cfg, workdir):
     p, ed = plan_of(cfg), layout.EntropyDir(workdir)
     return [files.read_json(ed.cell(k, s)) for s in p.seeds for k in p.parents
-            if os.path.exists(ed.cell(k, s))]
+            if files.exists(ed.cell(k, s))]
 
 
 def draw_results(cfg, workdir):
@@ -156,7 +155,7 @@ def draw_results(cfg, workdir):
     import matplotlib.pyplot as plt
     cells, ed = collect(cfg, workdir), layout.EntropyDir(workdir)
     need(cells, f'{workdir}: no measured cells to draw')
-    os.makedirs(ed.figures, exist_ok=True)
+    files.makedirs(ed.figures)
     panels = (('copy_auc', 'relative: copy AUC (null 0.5)', 0.5),
               ('copy_share_q05', 'relative: share < held-out 5% quantile (null 0.05)', 0.05),
               ('excess', 'absolute: calibrated share minus its null (H)', 0.0))

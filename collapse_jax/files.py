@@ -1,17 +1,81 @@
-"""Atomic file writes: a temp file in the same folder, then rename, so a reader (or a resumed
-run) sees the whole file or none of it."""
+"""The one path layer of a run: every file a run reads or writes goes through here, on a local
+disk or wherever `etils.epath` reaches (gs:// first; orbax writes its checkpoints there itself).
+
+Writes are whole or absent: locally a temp file in the same folder, then rename; on an object
+store the object is uploaded directly, since it appears under its name only when the upload
+completes (a killed upload leaves nothing)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 
 import numpy as np
+from etils import epath
+
+
+def is_url(path) -> bool:
+    """gs://bucket/..., s3://...: a path on an object store, not the local filesystem."""
+    return '://' in os.fspath(path)
+
+
+def absolute(path) -> str:
+    """A local path made absolute; a URL as it is."""
+    path = os.fspath(path)
+    return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def exists(path) -> bool:
+    return os.path.exists(path) if not is_url(path) else epath.Path(path).exists()
+
+
+def isdir(path) -> bool:
+    return os.path.isdir(path) if not is_url(path) else epath.Path(path).is_dir()
+
+
+def isfile(path) -> bool:
+    return os.path.isfile(path) if not is_url(path) else epath.Path(path).is_file()
+
+
+def listdir(path) -> list:
+    """The names in a folder (an object store's prefix), sorted; [] if there is none."""
+    if not isdir(path):
+        return []
+    return sorted(os.listdir(path) if not is_url(path) else
+                  (p.name for p in epath.Path(path).iterdir()))
+
+
+def makedirs(path) -> None:
+    """A local folder and its parents; nothing on an object store, whose folders are prefixes."""
+    if not is_url(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def open_file(path, mode='rb'):
+    return open(path, mode) if not is_url(path) else epath.Path(path).open(mode)
+
+
+def read_bytes(path) -> bytes:
+    with open_file(path, 'rb') as f:
+        return f.read()
+
+
+def copy(src, dst):
+    """dst becomes a whole copy of src."""
+    data = read_bytes(src)
+    atomic_write(dst, lambda f: f.write(data))
 
 
 def atomic_write(path, write):
-    """Calls write(file_object) on a temp file beside `path`, then renames it onto `path`."""
+    """Calls write(file_object) on a temp file beside `path`, then renames it onto `path`; on an
+    object store, on a buffer uploaded as the object in one piece."""
     path = os.fspath(path)
+    if is_url(path):
+        buf = io.BytesIO()
+        write(buf)
+        epath.Path(path).write_bytes(buf.getvalue())
+        return
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.tmp-')
     try:
@@ -42,17 +106,23 @@ def save_jsonl(path, records):
 def append_jsonl(path, record):
     """One record appended as one line in one write (a log that grows: rewriting it per line
     costs its length squared). A kill mid-write leaves at most a last line without its newline,
-    which read_jsonl drops."""
+    which read_jsonl drops. An object cannot be appended to: there the object is written again
+    whole (logs hold a few hundred lines)."""
+    line = json.dumps(record, sort_keys=True) + '\n'
+    if is_url(path):
+        old = read_bytes(path) if exists(path) else b''
+        atomic_write(path, lambda f: f.write(old + line.encode()))
+        return
     with open(path, 'a') as f:
-        f.write(json.dumps(record, sort_keys=True) + '\n')
+        f.write(line)
 
 
 def read_jsonl(path):
     """The records of a JSON-lines file; a last line cut short by a kill (no newline) is
     dropped."""
-    if not os.path.exists(path):
+    if not exists(path):
         return []
-    with open(path) as f:
+    with open_file(path, 'r') as f:
         return [json.loads(line) for line in f if line.endswith('\n') and line.strip()]
 
 
@@ -60,6 +130,8 @@ def load_npy(path, fix: str, mmap_mode=None):
     """np.load, with an unreadable file (truncated, corrupt, not a .npy) as one ValueError that
     names the file and says what to do (`fix`)."""
     try:
+        if is_url(path):  # read whole: an object cannot be memory-mapped
+            return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
         return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except (ValueError, OSError, EOFError) as e:
         if isinstance(e, FileNotFoundError):
@@ -70,5 +142,5 @@ def load_npy(path, fix: str, mmap_mode=None):
 
 
 def read_json(path):
-    with open(path) as f:
+    with open_file(path, 'r') as f:
         return json.load(f)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from typing import NamedTuple
 
 import numpy as np
@@ -88,13 +87,13 @@ class GenDir:
 
     @property
     def ckpt(self):
-        return os.path.abspath(self.file('ckpt'))
+        return files.absolute(self.file('ckpt'))
 
     def has_train_set(self):
-        return os.path.exists(self.file('train_images.npy'))
+        return files.exists(self.file('train_images.npy'))
 
     def has_pool(self):
-        return os.path.exists(self.file('pool.npy'))
+        return files.exists(self.file('pool.npy'))
 
     def save_train_set(self, ts: TrainSet):
         """The images file goes last and marks the set complete."""
@@ -113,7 +112,7 @@ class GenDir:
                'again' if self.g else f'delete {self.path} and rerun: D_0 is made again')
 
         def opt(name):
-            return self._load(name, fix) if os.path.exists(self.file(name)) else None
+            return self._load(name, fix) if files.exists(self.file(name)) else None
         return TrainSet(self._load('train_images.npy', fix), opt('train_labels.npy'),
                         self._load('train_source.npy', fix), self._load('train_index.npy', fix),
                         files.read_json(self.file('selection.json')))
@@ -136,16 +135,16 @@ class GenDir:
 
     def load_eval(self):
         p = self.file('eval.npy')
-        return self._load('eval.npy', self._pool_fix()) if os.path.exists(p) else None
+        return self._load('eval.npy', self._pool_fix()) if files.exists(p) else None
 
     def load_pool(self):
         lab = self.file('pool_labels.npy')
         return (self._load('pool.npy', self._pool_fix()),
-                self._load('pool_labels.npy', self._pool_fix()) if os.path.exists(lab) else None)
+                self._load('pool_labels.npy', self._pool_fix()) if files.exists(lab) else None)
 
     def times(self) -> dict:
         p = self.file('times.json')
-        return files.read_json(p) if os.path.exists(p) else {}
+        return files.read_json(p) if files.exists(p) else {}
 
 
 class RunDir:
@@ -171,9 +170,9 @@ class RunDir:
 
     def generations(self) -> list:
         """Indices of the generation directories present, ascending."""
-        if not os.path.isdir(self.root):
+        if not files.isdir(self.root):
             return []
-        return sorted(int(d[len(GEN_PREFIX):]) for d in os.listdir(self.root)
+        return sorted(int(d[len(GEN_PREFIX):]) for d in files.listdir(self.root)
                       if d.startswith(GEN_PREFIX) and d[len(GEN_PREFIX):].isdigit())
 
     def records(self) -> list:
@@ -181,17 +180,14 @@ class RunDir:
 
     def copy_generation_zero_from(self, src: 'RunDir'):
         """Generation 0 (real data, its model and pool) is the same in every variant of a sweep:
-        copy the finished pool instead of training it again. pool.npy is renamed last."""
+        copy the finished pool instead of training it again. pool.npy is written last."""
         s, d = src.gen(0), self.gen(0)
         if not s.has_pool() or d.has_pool():
             return
-        os.makedirs(d.path, exist_ok=True)
-        names = [n for n in sorted(os.listdir(s.path))
+        names = [n for n in files.listdir(s.path)
                  if n.startswith(('train_', 'pool', 'eval', 'selection.json', 'times.json'))]
-        for name in names:
-            shutil.copyfile(s.file(name), d.file('.tmp-' + name))
         for name in sorted(names, key=lambda n: n == 'pool.npy'):
-            os.replace(d.file('.tmp-' + name), d.file(name))
+            files.copy(s.file(name), d.file(name))
 
 
 class SweepDir:

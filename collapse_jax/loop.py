@@ -48,7 +48,7 @@ def check_top_level(cfg) -> None:
     """The fields outside any section."""
     for field in ('seed', 'cpu_devices'):
         need(cfg[field] >= 0, f'{field}={cfg[field]}; must be >= 0')
-    need(not os.path.isfile(os.path.expanduser(cfg.compilation_cache)),
+    need(not files.isfile(os.path.expanduser(cfg.compilation_cache)),
          f"compilation_cache={cfg.compilation_cache!r} is a file; give a directory, 'auto' or "
          "'' (off)")
     if cfg.sweep:  # the form here; each variant's paradigm and rule by its own validate
@@ -69,7 +69,7 @@ RESUMABLE_CHANGES = ('loop.generations', 'train.log_every', 'train.lr', 'cpu_dev
 
 
 def check_workdir_config(path, cfg_json):
-    if os.path.exists(path):
+    if files.exists(path):
         old = engine_lib.flatten(files.read_json(path))
         new = engine_lib.flatten(json.loads(cfg_json))
         diff = sorted(k for k in old.keys() | new.keys()
@@ -184,7 +184,7 @@ class Run:
 
     def run(self) -> list:
         """The phase machine: every phase not yet done, generation by generation."""
-        os.makedirs(self.dir.root, exist_ok=True)
+        files.makedirs(self.dir.root)
         check_workdir_config(self.dir.config, self.cfg.to_json(sort_keys=True))
         d_g, g0 = self.first_training_set(), self.dir.gen(0)
         if self.writer and not g0.has_train_set():
@@ -196,7 +196,7 @@ class Run:
                 gd = self.dir.gen(g)
                 if d_g is None:  # resumed: D_g was made by an earlier process
                     d_g = gd.load_train_set()
-                times, t_gen, resumed = None, time.time(), os.path.isdir(gd.ckpt)
+                times, t_gen, resumed = None, time.time(), files.isdir(gd.ckpt)
                 self.progress.following = self.cfg.loop.generations - 1 - g + self.later
                 if not gd.has_pool():                                    # phase 1: train, sample
                     times = self.train_and_sample(g, d_g, should_stop=lambda: pre.flag)
@@ -232,7 +232,7 @@ class Run:
             if not state:
                 rows = files.read_jsonl(self.dir.train_log)
                 keep = [r for r in rows if r['generation'] != g or r['step'] < step]
-                if keep != rows or not os.path.exists(self.dir.train_log):
+                if keep != rows or not files.exists(self.dir.train_log):
                     files.save_jsonl(self.dir.train_log, keep)
                 state['tb'] = SummaryWriter(os.path.join(self.dir.tensorboard, f'gen_{g:03d}'),
                                             flush_secs=10)
@@ -268,7 +268,7 @@ class Run:
                 self._real_features = fz(images)
             return self._real_features
         path = self.dir.gen(int(source[1:])).file(f'features_{fz.name}.npy')
-        if os.path.exists(path):
+        if files.exists(path):
             return files.load_npy(path, 'delete it: it is a cache, remade from the pool',
                                   mmap_mode='r')
         feats = fz(images)

@@ -16,12 +16,9 @@ def load_images(path: str, name: str) -> np.ndarray:
     """A .npy of images -> uint8 [n, h, w, c]: uint8 as is, floats in [0, 1] scaled by 255."""
     if not path:
         raise ValueError(f'--{name} is required: a .npy of images')
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f'--{name}={path!r}: no such file')
-    try:
-        x = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line fault
-        raise ValueError(f'--{name}={path!r}: not a .npy array ({type(e).__name__})') from None
+    x = files.load_npy(path, f'--{name} takes a .npy array of images')
     return data.check_images(x, f'--{name}')
 
 
@@ -100,8 +97,8 @@ def score_files(generated, train, reference='', feature_space='pixel', weights='
         if len(scoring.unique_rows(x)) <= max(k, pr_k):
             raise ValueError(f'--{name}: {len(x)} images; need more than {max(k, pr_k)} distinct')
     f = features.get(feature_space, {feature_space: weights} if weights else None)
-    rec = dict(generated=os.path.abspath(generated), train=os.path.abspath(train),
-               reference=os.path.abspath(reference) if reference else 'train (no --reference)',
+    rec = dict(generated=files.absolute(generated), train=files.absolute(train),
+               reference=files.absolute(reference) if reference else 'train (no --reference)',
                n_generated=len(gen), n_train=len(tr), n_reference=len(ref),
                feature_space=f.name, fd_space=f.name,
                units=f'entropy: nats, pixels in [0, 255]; gs: pixels in [-1, 1]; *_feat, fd, '

@@ -12,6 +12,8 @@ import numpy as np
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from collapse_jax import files
+
 
 def initialize(timeout_s: int = 300, heartbeat_s: int = 60):
     """Starts multi-process JAX. On a TPU pod slice, under SLURM or Open MPI, JAX finds the
@@ -89,7 +91,7 @@ def compilation_cache(cfg, workdir: str) -> str:
     if cfg.compilation_cache != 'auto':
         return os.path.expanduser(cfg.compilation_cache)
     if cfg.distributed:
-        return os.path.join(os.path.abspath(workdir), 'xla_cache')
+        return os.path.join(files.absolute(workdir), 'xla_cache')
     return os.path.expanduser('~/.cache/collapse_jax/xla')
 
 

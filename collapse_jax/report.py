@@ -6,7 +6,6 @@ import base64
 import html
 import io
 import json
-import os
 
 import numpy as np
 import matplotlib
@@ -188,10 +187,9 @@ TABLE = list(metrics.view('table'))
 
 def _img(path, alt):
     """An <img> with the PNG inlined (the page must read offline, moved or mailed)."""
-    if not os.path.exists(path):
+    if not files.exists(path):
         return ''
-    with open(path, 'rb') as f:
-        data = base64.b64encode(f.read()).decode()
+    data = base64.b64encode(files.read_bytes(path)).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
@@ -270,7 +268,7 @@ def write_compare(out, runs):
     recs = {}
     for label, wd in runs.items():
         rd = layout.RunDir(wd)
-        if not os.path.exists(rd.metrics):
+        if not files.exists(rd.metrics):
             raise FileNotFoundError(f'{wd}: no metrics.jsonl (not a collapse_jax run directory)')
         recs[label] = rd.records()
     plot_curves(out.compare_png, recs)
@@ -281,7 +279,7 @@ def write_compare(out, runs):
             f'<h2>Entropy against log GS</h2><p>Pearson r across all runs and generations: '
             f'pixels {rs["pixel"]:.3f}, features {rs["feat"]:.3f}.</p>',
             _img(out.entropy_gs, 'entropy vs log GS'),
-            '<h2>Runs</h2><ul>'] + [f'<li>{html.escape(k)}: {html.escape(os.path.abspath(v))}</li>'
+            '<h2>Runs</h2><ul>'] + [f'<li>{html.escape(k)}: {html.escape(files.absolute(v))}</li>'
                                     for k, v in runs.items()] + ['</ul>']
     _write_page(out.compare_html, 'collapse_jax: runs compared', ''.join(body))
     return out.compare_html

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
-from collapse_jax import layout, loop
+from collapse_jax import files, layout, loop
 from collapse_jax import engine as engine_lib
 from collapse_jax.data import need
 
@@ -122,6 +121,6 @@ def collect(p: Plan, workdir):
     for n, seed in p.runs():
         for v in p.variants_at(seed):
             rd = sd.run(n, seed, v)
-            if os.path.exists(rd.metrics):
+            if files.exists(rd.metrics):
                 out[(n, seed, v.label)] = rd.records()
     return out

@@ -6,8 +6,6 @@ import csv
 import io
 import json
 import logging
-import os
-import shutil
 
 import numpy as np
 
@@ -246,8 +244,8 @@ def _copy_nearest_grids(sd, hn, seed0, base, variants):
     (nearest_last_<paradigm>_<selection>.png)."""
     def copy(v, g, name):
         src = sd.run(hn, seed0, v).gen(g).file('nearest.png')
-        if os.path.exists(src):
-            shutil.copyfile(src, sd.figure(name))
+        if files.exists(src):
+            files.copy(src, sd.figure(name))
     for v in variants:
         gens = sd.run(hn, seed0, v).generations()
         if gens:
@@ -286,7 +284,7 @@ def draw(cfg, workdir):
     runs = collect(p, workdir)
     if not runs:
         raise FileNotFoundError(f'{workdir}: no finished study runs to draw')
-    os.makedirs(sd.figures, exist_ok=True)
+    files.makedirs(sd.figures)
     ns, hn, seed0, variants = sorted({k[0] for k in runs}), p.headline_n, p.seeds[0], p.labels()
     base, groups = baseline_of(variants), groups_of(variants)
     space = next((r.get('fd_space') for recs in runs.values() for r in recs), 'pixel')

@@ -35,3 +35,45 @@ def uninterrupted(engine, tmp_path_factory):
     cfg = tiny(paradigm='replace', selection='threshold', generations=2)
     workdir = tmp_path_factory.mktemp('clean')
     return cfg, strip(run_one(cfg, str(workdir), engine)), workdir
+
+
+@pytest.fixture(scope='session')
+def gcs(tmp_path_factory):
+    """A GCS JSON API emulator (gcp-storage-emulator, tests/gcs_emulator.py) on a free port of 127.0.0.1, with one empty
+    bucket, and the environment that points every client at it: gcsfs and google-cloud-storage
+    (STORAGE_EMULATOR_HOST), tensorstore, which orbax writes arrays with (TENSORSTORE_GCS_HTTP_URL).
+    Yields 'gs://<bucket>'; subprocesses inherit the environment."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    url = f'http://127.0.0.1:{port}'
+    log = open(tmp_path_factory.mktemp('gcs') / 'emulator.log', 'w')
+    emulator = os.path.join(os.path.dirname(__file__), 'gcs_emulator.py')
+    proc = subprocess.Popen([sys.executable, emulator, 'start',
+                             '--host=127.0.0.1', f'--port={port}', '--in-memory',
+                             '--default-bucket=collapse'], stdout=log, stderr=log)
+    saved = {k: os.environ.get(k) for k in GCS_ENV}
+    os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+                      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false')  # no gRPC control API to ask
+    for _ in range(100):
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield 'gs://collapse'
+    proc.terminate()
+    proc.wait(timeout=30)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+GCS_ENV = ('STORAGE_EMULATOR_HOST', 'TENSORSTORE_GCS_HTTP_URL',
+           'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT')

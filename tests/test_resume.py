@@ -1,14 +1,17 @@
 """Kill the real command (SIGKILL) at several points, rerun it, and get the uninterrupted metrics;
 SIGTERM (a preemption notice) saves a checkpoint and exits cleanly. Runs main.py in
-subprocesses that share a JAX compilation cache, so each restart costs seconds."""
-import json
+subprocesses that share a JAX compilation cache, so each restart costs seconds. The killed run
+keeps its workdir on gs:// (a GCS API emulator, the `gcs` fixture) and is compared with an
+unbroken run on a local disk: resume, and whole objects, on an object store."""
 import os
 import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+from etils import epath
+
+from collapse_jax import files
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +26,7 @@ ARGS = ['--config=configs/quick_cpu.py', '--config.sweep=', '--config.loop.selec
 
 
 @pytest.fixture(scope='module')
-def env(tmp_path_factory):
+def env(tmp_path_factory, gcs):  # gcs: the emulator's variables are in os.environ
     return dict(os.environ, JAX_PLATFORMS='cpu',
                 JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
@@ -50,18 +53,18 @@ def run_until(workdir, env, marker, sig):
 
 
 def metrics(workdir):
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+    return [{k: v for k, v in r.items() if k not in TIMING}
+            for r in files.read_jsonl(f'{workdir}/metrics.jsonl')]
 
 
-def test_killed_and_preempted_runs_resume_to_the_uninterrupted_metrics(tmp_path, env):
+def test_killed_and_preempted_runs_resume_to_the_uninterrupted_metrics(tmp_path, env, gcs):
     clean = start(tmp_path / 'clean', env)
     assert clean.wait(timeout=600) == 0, clean.stderr.read()
     want = metrics(tmp_path / 'clean')
-    run = tmp_path / 'run'
+    run = f'{gcs}/killed'
     events = [('generation 0 step 2/6', signal.SIGKILL),  # training; a checkpoint is being written
               ('generation 0: sampled 16/32', signal.SIGKILL),  # sampling, between two batches
-              ('generation 0: {', signal.SIGKILL),  # scored; selecting D_1
+              ('generation 0: {', signal.SIGKILL),  # scored; selecting and writing D_1
               ('generation 1 step 2/6', signal.SIGTERM),  # preempted: checkpoint and clean exit
               ('generation 1 step 4/6', signal.SIGKILL),  # training again after the preemption
               ('never printed', None)]  # runs to the end
@@ -74,10 +77,12 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_metrics(tmp_path,
         if sig == signal.SIGTERM:
             assert 'stopped by SIGTERM in generation 1' in log
     assert metrics(run) == want
-    for folder, _, names in os.walk(run):  # every file under its final name is whole
-        for name in names:
-            if name.endswith('.npy') and not name.startswith('.tmp-'):
-                np.load(os.path.join(folder, name))
+    objects = list(epath.Path(run).glob('gen_*/*.npy'))
+    assert len(objects) >= 10
+    for p in objects:  # every object under its final name is whole
+        files.load_npy(p, 'a partial object')
+    assert not [p for pat in ('.tmp-*', '*/.tmp-*', '*/*/.tmp-*')
+                for p in epath.Path(run).glob(pat)]
 
 
 def test_sigterm_during_training_saves_a_checkpoint_and_exits_cleanly(tmp_path, env):

@@ -5,6 +5,7 @@ numbers are the same on every machine; `train_digits_classifier` reproduces it."
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen, nnx
 
+from collapse_jax import files
 from collapse_jax.data import need, to_pm1
 from collapse_jax.features.torch_weights import path_names
 
@@ -96,8 +98,7 @@ def train_digits_classifier(path: str, seed: int = 0, steps: int = 800, batch: i
 
 
 def sha256(path: str) -> str:
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(files.read_bytes(path)).hexdigest()
 
 
 def digits_classifier(path: str = '', cls=DigitsCNN):
@@ -108,9 +109,9 @@ def digits_classifier(path: str = '', cls=DigitsCNN):
         need(os.path.exists(path) and sha256(path) == DIGITS_SHA256,
              f'{path}: missing or not the project\'s digits weights (sha256 {DIGITS_SHA256[:12]}...); '
              'restore it from git')
-    need(os.path.exists(path), f'features.digits={path!r}: no such file')
+    need(files.exists(path), f'features.digits={path!r}: no such file')
     model = cls()
-    with np.load(path) as z:
+    with np.load(io.BytesIO(files.read_bytes(path))) as z:
         acc = float(z['accuracy'])
         flat = {k: v for k, v in z.items() if k != 'accuracy'}
     _, params = nnx.split(model)

@@ -3,23 +3,25 @@
 checkpoint to .safetensors. The feature networks and unet.py's diffusers mapping use it."""
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from collapse_jax import files
+
 
 def load_state_dict(path: str) -> dict:
     """A PyTorch-layout checkpoint as {name: float32 numpy array}."""
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f'weights file {path!r}: no such file')
     if path.endswith('.safetensors'):
-        from safetensors.numpy import load_file
-        sd = load_file(path)
+        from safetensors.numpy import load
+        sd = load(files.read_bytes(path))
     elif path.endswith('.npz'):
-        with np.load(path) as z:
+        with np.load(io.BytesIO(files.read_bytes(path))) as z:
             sd = dict(z)
     elif path.endswith(('.pth', '.pt', '.bin')):
         try:
@@ -28,7 +30,7 @@ def load_state_dict(path: str) -> dict:
             raise ValueError(f'weights file {path!r} is a PyTorch pickle and torch is not '
                              'installed; convert it where torch is: python -m '
                              'collapse_jax.features convert IN.pth OUT.safetensors') from None
-        sd = torch.load(path, map_location='cpu', weights_only=True)
+        sd = torch.load(io.BytesIO(files.read_bytes(path)), map_location='cpu', weights_only=True)
         sd = sd.get('state_dict', sd) if isinstance(sd, dict) else sd
         sd = {k: v.float().numpy() for k, v in sd.items() if hasattr(v, 'numpy')}
     else:
