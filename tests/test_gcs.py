@@ -55,6 +55,11 @@ def test_a_run_on_gs_equals_the_run_on_a_local_disk_and_resumes_there(gcs, engin
     before = {str(p): p.stat().mtime for p in epath.Path(workdir).glob('gen_*/*.npy')}
     assert strip(run_one(cfg, workdir, engine)) == want
     assert {str(p): p.stat().mtime for p in epath.Path(workdir).glob('gen_*/*.npy')} == before
+    # compare reads runs on the bucket and on the disk, and writes its page to the bucket
+    from collapse_jax import layout, report
+    out = layout.SweepDir(f'{gcs}/compare')
+    report.write_compare(out, {'on gs': workdir, 'local': str(local)})
+    assert b'on gs' in files.read_bytes(out.compare_html) and files.exists(out.compare_png)
 
 
 def test_data_weights_and_scored_arrays_are_read_from_objects(gcs, tmp_path):
