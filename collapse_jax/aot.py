@@ -171,9 +171,8 @@ def greedy_program(cfg, devices) -> dict:
     from collapse_jax import paradigms, selection
     n, d = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels
     pool, variants = n * cfg.loop.pool_factor, engine_variants(cfg)
-    m = max(sum(len(rows) for _, rows in paradigms.candidate_sources(
-        v.paradigm, cfg.loop.generations - 2, n, pool, np.random.default_rng(0)))
-        for v in variants) if cfg.loop.generations > 1 else pool
+    m = max(paradigms.get(v.paradigm).candidate_count(cfg.loop.generations - 2, n, pool)
+            for v in variants) if cfg.loop.generations > 1 else pool
     m += (-m) % len(devices)
     fd = FEATURE_DIMS.get(cfg.loop.feature_space, d)
     mesh = Mesh(np.asarray(devices), ('c',))

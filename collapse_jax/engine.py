@@ -59,8 +59,7 @@ def work(cfg, runs) -> dict:
     for n, variants in runs:
         for g in range(lp.generations):
             for v in (variants[:1] if g == 0 else variants):
-                grow = v.paradigm == 'accumulate' and paradigms.keeps_all(*v)
-                size = n * (1 + g * lp.pool_factor) if grow else n
+                size = paradigms.get(v.paradigm).train_size(g, n, lp.pool_factor, v.rule)
                 images += train_lib.total_steps(cfg, size) * cfg.train.batch_size
                 evals += (n * lp.pool_factor + cfg.score.eval_n) * evals_per_image
     return dict(train_images=images, unet_evals=evals)
@@ -185,7 +184,7 @@ class TrainResult:
 
 class Engine:
     """The compiled programs every generation, variant and seed share, and nothing else. A config
-    that needs other programs is refused (`check`)."""
+    that needs other programs is refused: `train` and `sample` check the config they are given."""
 
     def __init__(self, cfg, mesh=None):
         self.mesh = mesh or parallel.make_mesh()
@@ -227,6 +226,7 @@ class Engine:
         events.should_stop() ends training at the next call with a checkpoint; with several
         processes the decision is collective, taken at the next step that logs or saves, so
         every process saves the same step."""
+        self.check(cfg)
         ev, n, t = events or Events(), images.shape[0], cfg.train
         steps = train_lib.total_steps(cfg, n)
         tx = train_lib.make_optimizer(cfg, steps)
@@ -300,6 +300,7 @@ class Engine:
         """count uint8 images from fixed-shape batches (the last one trimmed), one compiled
         sampler for all. Batch b uses fold_in(the generation's `stream` key, b). Returns (images,
         labels or None)."""
+        self.check(cfg)
         b = cfg.sample.batch_size
         key = streams.jax_key(cfg.seed, stream, generation)
         labels = (np.arange(count) % cfg.model.num_classes).astype(np.int32) \

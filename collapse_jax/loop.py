@@ -19,7 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from collapse_jax import (data, diffusion, features, files, layout, measure, metrics, parallel,
-                          paradigms, report, streams)
+                          paradigms, report, selection, streams)
 from collapse_jax import engine as engine_lib
 from collapse_jax import judge as judge_lib
 from collapse_jax import train as train_lib
@@ -166,7 +166,7 @@ class Run:
     def __init__(self, cfg, workdir, engine=None, later=0, progress=None):
         self.real = real_split(cfg)
         self.engine = engine or engine_lib.Engine(cfg)
-        self.engine.check(cfg)
+        self.engine.check(cfg)  # at once, before any phase: train and sample check again
         self.cfg, self.dir = cfg, layout.RunDir(workdir)
         self.label = layout.Variant.of(cfg).label
         self.judge = judge_lib.Judge(cfg, self.real)
@@ -318,8 +318,8 @@ class Run:
         gen_XXX/heldout.npy."""
         cfg, t0 = self.cfg, time.time()
         draws = None if g == 0 or not cfg.score.eval_n else {
-            s: self.eval_sample(int(s[1:]))
-            for s in paradigms.source_names(cfg.loop.paradigm, g - 1) if s != 'real'}
+            s: self.eval_sample(paradigms.source_id(s))
+            for s in paradigms.get(cfg.loop.paradigm).sources(g - 1) if s != 'real'}
         held = self.judge.heldout(g, draws)
         if self.writer and held[0] is not None:  # every record can be recomputed from files
             files.save_npy(self.dir.gen(g).file('heldout.npy'), held[0])
@@ -344,15 +344,16 @@ class Run:
         """D_{g+1} from S_g (and, by the paradigm, D_0 and earlier pools), plus fresh real images
         under 'fresh'."""
         cfg, t0 = self.cfg, time.time()
-        sources = {s: self.real.d0() if s == 'real' else self.pool(int(s[1:]))
-                   for s in paradigms.source_names(cfg.loop.paradigm, g)}
+        sources = {s: self.real.d0() if s == 'real' else self.pool(paradigms.source_id(s))
+                   for s in paradigms.get(cfg.loop.paradigm).sources(g)}
         fresh = None
         if paradigms.fresh_per_generation(cfg):
             rows = self.real.fresh_rows(g)
             fresh = (self.real.images[rows],
                      None if self.real.labels is None else self.real.labels[rows], rows)
         feats = None
-        if cfg.loop.selection in ('greedy', 'threshold') and self.judge.featurize.name != 'pixel':
+        uses = selection.get(cfg.loop.selection).uses_distances
+        if uses and self.judge.featurize.name != 'pixel':
             feats = {s: self.features(s, images) for s, (images, _) in sources.items()}
         try:
             d = paradigms.next_training_set(

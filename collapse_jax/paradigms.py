@@ -10,51 +10,138 @@ from collapse_jax.data import need
 from collapse_jax.layout import TrainSet
 from collapse_jax import selection
 
-PARADIGMS = ('replace', 'accumulate', 'accumulate_subsample', 'fresh')
+REAL, FRESH = -1, -2  # source ids of D_0's real images and of fresh real images; i is S_i
 
 
-def candidate_sources(paradigm: str, generation: int, n: int, pool_size: int, rng):
-    """Which rows of which sources are candidates for D_{g+1}, after generation g sampled S_g.
+def source_id(name: str) -> int:
+    """'real' -> REAL, 'S<i>' -> i: the ids TrainSet.source holds."""
+    return REAL if name == 'real' else int(name[1:])
 
-    Sources are named 'real' (D_0) and 'S<i>' (the pool of generation i). Returns a list of
-    (source, row indices); for `fresh` the caller adds the new real rows. Rows are in a shuffled
-    order (`rng`, a numpy Generator), so 'none' takes a random subset.
+
+def pool_name(i: int) -> str:
+    return f'S{i}'
+
+
+class Paradigm:
+    """Which candidates D_{g+1} is chosen from after generation g sampled S_g. Adding one is one
+    subclass with `@register`; the loop, the held-out sets, the cost model and the reports read
+    it. Sources are named 'real' (D_0) and 'S<i>' (the pool of generation i).
+
+    family: 'replace' (starts from S_g alone) or 'accumulate' (keeps earlier data); the study's
+      figures group variants by it.
+    allowed_rules: the selection rules it takes (None = every registered rule).
+    fresh: whether new real images join each D_{g+1} (loop.fresh_fraction of N).
     """
-    pool = f'S{generation}'
-    if paradigm in ('replace', 'fresh'):
-        return [(pool, rng.permutation(pool_size))]
-    if paradigm == 'accumulate':
-        return [('real', np.arange(n))] + [(f'S{i}', np.arange(pool_size))
-                                           for i in range(generation + 1)]
-    if paradigm == 'accumulate_subsample':
-        sources = ['real'] + [f'S{i}' for i in range(generation + 1)]
+    name = ''
+    family = 'replace'
+    allowed_rules = None
+    fresh = False
+
+    def sources(self, g: int) -> list:
+        """The sources D_{g+1}'s candidates come from."""
+        return [pool_name(g)]
+
+    def candidates(self, g: int, n: int, pool_size: int, rng) -> list:
+        """[(source, row indices)] of D_{g+1}'s candidates, in a shuffled order (`rng`, a numpy
+        Generator), so the rule 'none' takes a uniform subset. Fresh rows are the caller's."""
+        return [(pool_name(g), rng.permutation(pool_size))]
+
+    def keeps_all(self, rule: str) -> bool:
+        """Whether every candidate trains the next generation, with no rule applied."""
+        return False
+
+    def pool_size_matters(self, rule: str) -> bool:
+        """Whether the law of an image of D_{g+1} depends on the pool's size, not only on the
+        pool's law: a rule that reads distances reaches further into a larger pool's tails.
+        Otherwise D_{g+1} is an i.i.d. subset of its sources, whatever their size."""
+        return selection.get(rule).uses_distances
+
+    def candidate_count(self, g: int, n: int, pool_size: int) -> int:
+        """How many images D_{g+1} is chosen from (fresh images aside)."""
+        return sum(n if s == 'real' else pool_size for s in self.sources(g))
+
+    def train_size(self, g: int, n: int, pool_factor: int, rule: str) -> int:
+        """|D_g|: N, unless every candidate trains it."""
+        return self.candidate_count(g - 1, n, n * pool_factor) if g and self.keeps_all(rule) else n
+
+
+PARADIGMS: dict = {}
+
+
+def register(cls):
+    """Class decorator: the paradigm becomes a `loop.paradigm` value."""
+    PARADIGMS[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Paradigm:
+    if name not in PARADIGMS:
+        raise ValueError(f'loop.paradigm={name!r}; allowed: {", ".join(PARADIGMS)}')
+    return PARADIGMS[name]
+
+
+@register
+class Replace(Paradigm):
+    """D_{g+1} from S_g alone (the paper's replace)."""
+    name = 'replace'
+
+
+@register
+class Accumulate(Paradigm):
+    """D_{g+1} from D_0 and every pool so far; under 'none' the whole union trains it."""
+    name = 'accumulate'
+    family = 'accumulate'
+
+    def sources(self, g):
+        return ['real'] + [pool_name(i) for i in range(g + 1)]
+
+    def candidates(self, g, n, pool_size, rng):
+        return [('real', np.arange(n))] + [(pool_name(i), np.arange(pool_size))
+                                           for i in range(g + 1)]
+
+    def keeps_all(self, rule):
+        return rule == 'none'
+
+    def pool_size_matters(self, rule):
+        return True  # it mixes whole pools
+
+
+@register
+class AccumulateSubsample(Accumulate):
+    """The paper's vanilla accumulate: N images in all, about N / (g + 2) from D_0 and from each
+    pool so far (the per-source subsample is the selection)."""
+    name = 'accumulate_subsample'
+    allowed_rules = ('none', 'random')
+
+    def candidates(self, g, n, pool_size, rng):
+        sources = self.sources(g)
         sizes = [n if s == 'real' else pool_size for s in sources]
         counts = np.full(len(sources), n // len(sources))
-        counts[: n - counts.sum()] += 1  # N in all, about N / (g + 2) from each source
+        counts[: n - counts.sum()] += 1
         return [(s, np.sort(rng.choice(size, c, replace=False)))
                 for s, size, c in zip(sources, sizes, counts)]
-    raise ValueError(f'loop.paradigm={paradigm!r}; allowed: {", ".join(PARADIGMS)}')
+
+    def keeps_all(self, rule):
+        return True
+
+    def pool_size_matters(self, rule):
+        return False  # an i.i.d. subsample of each source
+
+    def candidate_count(self, g, n, pool_size):
+        return n
+
+
+@register
+class Fresh(Paradigm):
+    """Replace, with loop.fresh_fraction of N new real images in each D_{g+1}."""
+    name = 'fresh'
+    fresh = True
 
 
 def fresh_per_generation(cfg, n=None) -> int:
     """New real images per generation under 'fresh', for a training set of n (default N)."""
     n = cfg.data.n if n is None else n
-    return int(round(cfg.loop.fresh_fraction * n)) if cfg.loop.paradigm == 'fresh' else 0
-
-
-def source_names(paradigm: str, generation: int) -> list:
-    """The sources D_{g+1}'s candidates come from: S_g alone, or D_0 and every pool so far."""
-    pools = [f'S{i}' for i in range(generation + 1)]
-    return ['real'] + pools if paradigm.startswith('accumulate') else pools[-1:]
-
-
-def pool_size_matters(paradigm: str, rule: str) -> bool:
-    """Whether the law of an image of D_{g+1} depends on the pool's size, not only on the pool's
-    law: greedy and threshold reach further into the tails of a larger pool, and accumulate
-    mixes whole pools. Otherwise (none, random, the per-source subsample) D_{g+1} is an i.i.d.
-    subset of its sources, whatever their size."""
-    return paradigm == 'accumulate' or (paradigm != 'accumulate_subsample'
-                                        and rule in ('greedy', 'threshold'))
+    return int(round(cfg.loop.fresh_fraction * n)) if get(cfg.loop.paradigm).fresh else 0
 
 
 def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: int, featurize,
@@ -62,15 +149,15 @@ def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: 
     """D_{g+1} of size n (N; more under accumulate:none) after generation g sampled S_g.
 
     lp: the loop config section (paradigm, selection, feature_space, tau, decay, pool_factor).
-    sources: {'real': (images, labels), 'S<i>': (images, labels)} with the names `source_names`
-      gives (labels may be None). rng: numpy Generator of the candidates' order; seed: the
-    rule's seed; featurize: images -> the selection's features. fresh: (images, labels, rows) of
+    sources: {'real': (images, labels), 'S<i>': (images, labels)} with the names
+      `Paradigm.sources` gives (labels may be None). rng: numpy Generator of the candidates'
+    order; seed: the rule's seed; featurize: images -> the selection's features. fresh: (images, labels, rows) of
     the new real images added under 'fresh', else None. features: {source: the selection's
     features of all its rows}, made once by the caller (a pool never changes), or None to
-    featurize the candidates here. Returns a layout.TrainSet whose source ids are -1 real, -2
-    fresh real, i for S_i."""
-    pool = sources[f'S{generation}'][0]
-    cands = candidate_sources(lp.paradigm, generation, n, len(pool), rng)
+    featurize the candidates here. Returns a layout.TrainSet whose source ids are REAL, FRESH
+    and i for S_i."""
+    paradigm, rule = get(lp.paradigm), selection.get(lp.selection)
+    cands = paradigm.candidates(generation, n, len(sources[pool_name(generation)][0]), rng)
     fresh_n = 0 if fresh is None else len(fresh[0])
     want = n - fresh_n
 
@@ -78,26 +165,25 @@ def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: 
         return None if any(p is None for p in parts) else np.concatenate(parts)
     images = np.concatenate([sources[s][0][rows] for s, rows in cands])
     labels = cat([None if sources[s][1] is None else sources[s][1][rows] for s, rows in cands])
-    source = np.concatenate([np.full(len(rows), -1 if s == 'real' else int(s[1:]), np.int16)
-                             for s, rows in cands])
+    source = np.concatenate([np.full(len(rows), source_id(s), np.int16) for s, rows in cands])
     index = np.concatenate([rows for _, rows in cands])
     info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(images)))
-    if not keeps_all(lp.paradigm, lp.selection):
+    if not paradigm.keeps_all(rule.name):
         need(len(images) >= want, f'loop.pool_factor={lp.pool_factor}: {len(images)} candidates '
              f'cannot yield {want} images')
-        tau, decay = threshold_params(lp.paradigm, lp.feature_space, lp.tau, lp.decay)
         feats = featurize(images) if features is None else np.concatenate(
             [features[s][rows] for s, rows in cands])
-        if lp.selection in ('greedy', 'threshold'):
+        if rule.uses_distances:
             info['arithmetic'] = selection.arithmetic(feats)
-        pick, extra = selection.select(lp.selection, feats, want, seed=seed, tau=tau, decay=decay)
+        pick, extra = rule.pick(feats, want, seed=seed,
+                                **rule.params(paradigm.name, lp.feature_space, lp))
         info.update(extra)
         images, source, index = images[pick], source[pick], index[pick]
         labels = None if labels is None else labels[pick]
     if fresh_n:
         images = np.concatenate([images, fresh[0]])
         labels = None if labels is None or fresh[1] is None else np.concatenate([labels, fresh[1]])
-        source = np.concatenate([source, np.full(fresh_n, -2, np.int16)])
+        source = np.concatenate([source, np.full(fresh_n, FRESH, np.int16)])
         index = np.concatenate([index, fresh[2]])
     return TrainSet(images, labels, source, index, dict(info, n=int(len(images))))
 
@@ -113,8 +199,9 @@ def heldout_set(lp, generation: int, n: int, draws: dict, real, *, rng, featuriz
     images, N a replica) for D_0 and the fresh images. As many replicas as the draws hold,
     concatenated: the replicas are independent, and each image has the law of one of D_{g+1}.
     (None, why) when the draws hold no replica."""
-    size = n * lp.pool_factor if pool_size_matters(lp.paradigm, lp.selection) else n
-    names = source_names(lp.paradigm, generation)
+    paradigm = get(lp.paradigm)
+    size = n * lp.pool_factor if paradigm.pool_size_matters(lp.selection) else n
+    names = paradigm.sources(generation)
     needs_real = 'real' in names or fresh_n > 0
     reps = min(len(draws[s]) for s in names if s != 'real') // size
     if needs_real:
@@ -139,31 +226,13 @@ def heldout_set(lp, generation: int, n: int, draws: dict, real, *, rng, featuriz
         f'draws of E_{generation}' + (' and held-out real' if needs_real else ''))
 
 
-def keeps_all(paradigm: str, rule: str) -> bool:
-    """Whether every candidate trains the next generation, with no rule applied: the per-source
-    subsample of accumulate_subsample, and accumulate:none's growing union."""
-    return paradigm == 'accumulate_subsample' or (paradigm == 'accumulate' and rule == 'none')
-
-
-def threshold_params(paradigm: str, space: str, tau: float = 0.0, decay: float = 0.0):
-    """(tau0, alpha) of the threshold-decay filter; 0 in the config means the reference's value:
-    tau0 = 2000 in 0-255 pixels or 60 in a feature space; alpha = 0.95, except 0.80 for
-    accumulate in a feature space (the reference code's choice)."""
-    tau = tau or (2000.0 if space == 'pixel' else 60.0)
-    decay = decay or (0.80 if paradigm == 'accumulate' and space != 'pixel' else 0.95)
-    return tau, decay
-
-
 def check_config(cfg) -> None:
     """The loop section's own checks."""
     lp = cfg.loop
-    need(lp.paradigm in PARADIGMS,
-         f'loop.paradigm={lp.paradigm!r}; allowed: {", ".join(PARADIGMS)}')
-    need(lp.selection in selection.SELECTIONS,
-         f'loop.selection={lp.selection!r}; allowed: {", ".join(selection.SELECTIONS)}')
-    need(lp.paradigm != 'accumulate_subsample' or lp.selection in ('none', 'random'),
-         f'loop.selection={lp.selection!r} with accumulate_subsample; allowed: none, random '
-         '(the per-source subsample is the selection)')
+    paradigm, rule = get(lp.paradigm), selection.get(lp.selection)
+    allowed = paradigm.allowed_rules or tuple(selection.RULES)
+    need(rule.name in allowed, f'loop.selection={lp.selection!r} with {paradigm.name}; allowed: '
+         f'{", ".join(allowed)}')
     need(lp.pool_factor in (1, 2, 5), f'loop.pool_factor={lp.pool_factor}; allowed: 1, 2, 5')
     need(lp.generations >= 1, f'loop.generations={lp.generations}; must be >= 1')
     need(0 < lp.fresh_fraction < 1 or lp.paradigm != 'fresh',

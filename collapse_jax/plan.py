@@ -51,8 +51,7 @@ def missing_files(cfg) -> list:
 
 def candidates(paradigm: str, g: int, n: int, pool: int, fresh: int) -> int:
     """How many images D_{g+1} is chosen from after generation g (the selection's input)."""
-    sizes = [n if s == 'real' else pool for s in paradigms.source_names(paradigm, g)]
-    return (n if paradigm == 'accumulate_subsample' else sum(sizes)) + fresh
+    return paradigms.get(paradigm).candidate_count(g, n, pool) + fresh
 
 
 def generations(cfg, n: int, variant) -> list:
@@ -60,11 +59,10 @@ def generations(cfg, n: int, variant) -> list:
     next training set is chosen from (None after the last)."""
     lp, pool = cfg.loop, n * cfg.loop.pool_factor
     evals = cfg.sample.steps * (2 if cfg.model.num_classes and cfg.sample.guidance != 1 else 1)
-    fresh = int(round(lp.fresh_fraction * n)) if variant.paradigm == 'fresh' else 0
+    fresh = int(round(lp.fresh_fraction * n)) if paradigms.get(variant.paradigm).fresh else 0
     out = []
     for g in range(lp.generations):
-        grow = variant.paradigm == 'accumulate' and paradigms.keeps_all(*variant)
-        size = n * (1 + g * lp.pool_factor) if grow else n
+        size = paradigms.get(variant.paradigm).train_size(g, n, lp.pool_factor, variant.rule)
         out.append(dict(generation=g, train_size=size,
                         images_trained=train_lib.total_steps(cfg, size) * cfg.train.batch_size,
                         sampler_evals=(pool + cfg.score.eval_n) * evals,

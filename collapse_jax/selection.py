@@ -19,7 +19,6 @@ from collapse_jax import parallel
 from collapse_jax.scoring import unique_rows
 
 HIGHEST = jax.lax.Precision.HIGHEST
-SELECTIONS = ('none', 'random', 'greedy', 'threshold')
 
 
 def _integer(x) -> bool:
@@ -250,16 +249,90 @@ def threshold_select(features, n: int, tau: float, decay: float, seed: int = 0,
     return (picks, info) if return_info else picks
 
 
-def select(rule: str, features, n: int, *, seed: int, tau: float = 0.0, decay: float = 0.9):
-    """Indices of n of the candidates under `rule` (candidates are in a shuffled order)."""
-    m = len(features)
-    if rule == 'none':
+class Rule:
+    """A selection rule: which n of the candidates (in a shuffled order) train the next
+    generation. Adding one is one subclass with `@register`; the config checks, the held-out sets
+    and the cost model read its properties.
+
+    uses_distances: the rule reads the candidates' features (their distances decide), so the
+      loop hands it the selection space's features, and its picks reach further into a larger
+      pool's tails: the held-out set behind the copy measures repeats it at D_{g+1}'s pool size.
+      A rule without it picks an i.i.d. subset, whatever the pool's size.
+    """
+    name = ''
+    uses_distances = False
+
+    def params(self, paradigm: str, space: str, lp) -> dict:
+        """The rule's parameters for a paradigm, in a space, from the loop config section."""
+        return {}
+
+    def pick(self, features, n: int, *, seed: int, **params):
+        """(indices of n candidates, what the rule records)."""
+        raise NotImplementedError
+
+
+RULES: dict = {}
+
+
+def register(cls):
+    """Class decorator: the rule becomes a `loop.selection` value."""
+    RULES[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Rule:
+    if name not in RULES:
+        raise ValueError(f'loop.selection={name!r}; allowed: {", ".join(RULES)}')
+    return RULES[name]
+
+
+@register
+class First(Rule):
+    """The first n of the shuffled candidates: a uniform subset (the paper's vanilla)."""
+    name = 'none'
+
+    def pick(self, features, n, *, seed):
         return np.arange(n), {}
-    if rule == 'random':
-        return np.sort(np.random.default_rng(seed).choice(m, n, replace=False)), {}
-    if rule == 'greedy':
-        first = int(np.random.default_rng(seed).integers(m))
+
+
+@register
+class Random(Rule):
+    """A seeded uniform subset, in candidate order."""
+    name = 'random'
+
+    def pick(self, features, n, *, seed):
+        return np.sort(np.random.default_rng(seed).choice(len(features), n, replace=False)), {}
+
+
+@register
+class Greedy(Rule):
+    """Greedy farthest-point from a seeded first pick."""
+    name = 'greedy'
+    uses_distances = True
+
+    def pick(self, features, n, *, seed):
+        first = int(np.random.default_rng(seed).integers(len(features)))
         return greedy_select(features, n, first=first), {}
-    if rule == 'threshold':
+
+
+@register
+class Threshold(Rule):
+    """The threshold-decay filter. Its parameters: tau0 = 2000 in 0-255 pixels or 60 in a feature
+    space; alpha = 0.95, except 0.80 for accumulate in a feature space (the reference code's
+    choice); loop.tau and loop.decay override them (0 = the reference value)."""
+    name = 'threshold'
+    uses_distances = True
+
+    def params(self, paradigm, space, lp):
+        tau = lp.tau or (2000.0 if space == 'pixel' else 60.0)
+        decay = lp.decay or (0.80 if paradigm == 'accumulate' and space != 'pixel' else 0.95)
+        return dict(tau=tau, decay=decay)
+
+    def pick(self, features, n, *, seed, tau, decay):
         return threshold_select(features, n, tau, decay, seed=seed, return_info=True)
-    raise ValueError(f'loop.selection={rule!r}; allowed: {", ".join(SELECTIONS)}')
+
+
+def select(rule: str, features, n: int, *, seed: int, **params):
+    """Indices of n of the candidates under `rule` (candidates are in a shuffled order), and
+    what the rule records; `params` as the rule's `params` gives them."""
+    return get(rule).pick(features, n, seed=seed, **params)

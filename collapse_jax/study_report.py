@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from collapse_jax import files, layout, metrics, report, tables
+from collapse_jax import files, layout, metrics, paradigms, report, tables
 from collapse_jax.study import collect, plan_of
 
 log = logging.getLogger('collapse_jax')
@@ -40,9 +40,13 @@ def groups_of(variants):
     fresh) and those that keep earlier data (accumulate, accumulate_subsample), vanilla first."""
     out = {}
     for v in variants:
-        family = 'accumulate' if v.startswith('accumulate') else 'replace'
-        out.setdefault(family, []).append(v)
+        out.setdefault(family_of(v), []).append(v)
     return {k: sorted(vs, key=lambda v: not v.endswith('/none')) for k, vs in out.items()}
+
+
+def family_of(label: str) -> str:
+    """'accumulate/greedy' -> its paradigm's family ('replace' or 'accumulate')."""
+    return paradigms.get(label.split('/')[0]).family
 
 
 def baseline_of(variants):
@@ -192,7 +196,7 @@ def _selection_figure(plt, runs, hn, groups, space, keys=('gs_mse', 'fd')):
 def _real_share_figure(plt, runs, hn, variants):
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for v in variants:
-        if v.startswith('accumulate'):
+        if family_of(v) == 'accumulate':
             g, mean, _, _ = _spread(runs, hn, v, 'real_share')
             if len(g):
                 ax.plot(g, mean, marker='o', label=v)
@@ -296,7 +300,7 @@ def draw(cfg, workdir):
     figs['selection_gs_fd'] = _selection_figure(plt, runs, hn, groups, space)
     if any(r.get('copy_auc') is not None for recs in runs.values() for r in recs):
         figs['copying'] = _copying_figure(plt, runs, hn, variants)
-    if any(v.startswith('accumulate') for v in variants):
+    if any(family_of(v) == 'accumulate' for v in variants):
         figs['real_share'] = _real_share_figure(plt, runs, hn, variants)
     for name, fig in figs.items():
         report.save_fig(sd.figure(f'{name}.png'), fig)

@@ -84,7 +84,7 @@ def test_greedy_raises_entropy_over_random():
     ('accumulate_subsample', 1, {'real': 7, 'S0': 7, 'S1': 6}),
 ])
 def test_paradigm_candidate_sets(paradigm, g, expected):
-    cands = paradigms.candidate_sources(paradigm, g, 20, 40, np.random.default_rng(0))
+    cands = paradigms.get(paradigm).candidates(g, 20, 40, np.random.default_rng(0))
     assert {s: len(rows) for s, rows in cands} == expected
     for s, rows in cands:
         assert len(set(rows)) == len(rows) and rows.max() < (20 if s == 'real' else 40)
@@ -94,8 +94,10 @@ def test_paradigm_candidate_sets(paradigm, g, expected):
 
 def test_select_rules_sizes_and_errors():
     x = np.random.default_rng(0).normal(size=(50, 4))
-    for rule in selection.SELECTIONS:
-        idx, _ = selection.select(rule, x, 20, seed=1, tau=5.0, decay=0.9)
+    for rule in selection.RULES:
+        lp = loop_section(rule=rule, tau=5.0, decay=0.9)
+        idx, _ = selection.select(rule, x, 20, seed=1, **selection.get(rule).params('replace',
+                                                                                     'pixel', lp))
         assert len(idx) == 20 == len(set(idx.tolist()))
     np.testing.assert_array_equal(selection.select('none', x, 5, seed=0)[0], np.arange(5))
     with pytest.raises(ValueError, match='loop.selection'):
@@ -149,11 +151,17 @@ def test_threshold_with_too_few_distinct_candidates_stops_with_one_line():
 
 
 def test_threshold_defaults_are_the_reference_code_values():
-    assert paradigms.threshold_params('replace', 'pixel') == (2000.0, 0.95)
-    assert paradigms.threshold_params('accumulate', 'pixel') == (2000.0, 0.95)
-    assert paradigms.threshold_params('accumulate', 'dinov2') == (60.0, 0.80)
-    assert paradigms.threshold_params('replace', 'dinov2') == (60.0, 0.95)
-    assert paradigms.threshold_params('accumulate', 'pixel', tau=5.0, decay=0.5) == (5.0, 0.5)
+    rule, lp = selection.get('threshold'), loop_section(rule='threshold')
+    assert (lp.tau, lp.decay) == (0.0, 0.0)  # 0 = the reference value
+
+    def params(paradigm, space, lp=lp):
+        p = rule.params(paradigm, space, lp)
+        return p['tau'], p['decay']
+    assert params('replace', 'pixel') == (2000.0, 0.95)
+    assert params('accumulate', 'pixel') == (2000.0, 0.95)
+    assert params('accumulate', 'dinov2') == (60.0, 0.80)
+    assert params('replace', 'dinov2') == (60.0, 0.95)
+    assert params('accumulate', 'pixel', loop_section(tau=5.0, decay=0.5)) == (5.0, 0.5)
 
 
 def loop_section(paradigm='replace', rule='none', pool_factor=2, **fields):
@@ -177,7 +185,7 @@ def test_next_training_set_on_plain_arrays(paradigm, rule):
     real = rng.integers(0, 256, (n, 4, 4, 1), np.uint8)
     pools = {f'S{i}': rng.integers(0, 256, (2 * n, 4, 4, 1), np.uint8) for i in range(g + 1)}
     sources = {s: (real if s == 'real' else pools[s], None)
-               for s in paradigms.source_names(paradigm, g)}
+               for s in paradigms.get(paradigm).sources(g)}
     fresh = (real[:2], None, np.arange(2)) if paradigm == 'fresh' else None
     lp = loop_section(paradigm, rule, tau=300.0)
     d = paradigms.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
@@ -190,9 +198,9 @@ def test_next_training_set_on_plain_arrays(paradigm, rule):
     assert (d.source == -2).sum() == (2 if paradigm == 'fresh' else 0)
     if paradigm == 'replace':
         assert set(d.source.tolist()) == {g}  # S_g alone
-        rows = paradigms.candidate_sources(paradigm, g, n, 2 * n, np.random.default_rng(1))[0][1]
-        picks = selection.select(rule, flat(pools['S1'][rows]), n, seed=2, tau=300.0,
-                                 decay=0.95)[0]
+        rows = paradigms.get(paradigm).candidates(g, n, 2 * n, np.random.default_rng(1))[0][1]
+        params = selection.get(rule).params(paradigm, 'pixel', lp)
+        picks = selection.select(rule, flat(pools['S1'][rows]), n, seed=2, **params)[0]
         np.testing.assert_array_equal(d.index, rows[picks])  # the rule's picks, in its order
     # the same call is deterministic in its streams
     again = paradigms.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
