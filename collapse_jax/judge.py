@@ -91,7 +91,7 @@ class Judge:
                   f'precision, recall: {self.scorer.name} features',
             n_train=int(len(d_g.images)), n_pool=int(len(pool)), **px,
             pool_variance=pixel_variance(pool), train_variance=pixel_variance(d_g.images),
-            real_share=float(np.mean(d_g.source < 0)),
+            real_share=float(np.mean(np.isin(d_g.source, (paradigms.REAL, paradigms.FRESH)))),
             how_built={k: v for k, v in d_g.info.items() if k != 'select_s'},
             select_s=d_g.info.get('select_s'),
             sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,

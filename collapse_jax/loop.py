@@ -179,8 +179,8 @@ class Run:
     def first_training_set(self) -> layout.TrainSet:
         images, labels = self.real.d0()
         n = len(images)
-        return layout.TrainSet(images, labels, np.full(n, -1, np.int16), self.real.d0_rows,
-                               dict(rule='real', n=n))
+        return layout.TrainSet(images, labels, np.full(n, paradigms.REAL, np.int16),
+                               self.real.d0_rows, dict(rule='real', n=n))
 
     def run(self) -> list:
         """The phase machine: every phase not yet done, generation by generation."""
