@@ -45,6 +45,15 @@ COLUMNS = {
                ('calibrated share', '{memorization_calibrated:.3f}'), ('copy_z', '{copy_z:+.1f}'),
                ('AUC from Z', '{auc_from_z:.3f}'), ('eff. dim', '{participation_ratio:.1f}'),
                ('FD (floor)', '{fd:.1f} ({fd_floor:.1f})'), ('recognizable', '{recognizable:.2f}')],
+    # --mode=entropy's cells (docs/entropy/results.json): one row per parent count K
+    'entropy': [('K', '{parents}'), ('train entropy', '{train_entropy:.0f}'),
+                ('AUC [95%]', INTERVAL.format('copy_auc')),
+                ('share < q05 [95%]', INTERVAL.format('copy_share_q05')),
+                ('calibrated share (null)',
+                 '{memorization_calibrated:.3f} ({memorization_calibrated_null:.3f})'),
+                ('GS, L2 (null)', '{gs_l2:.2f} ({gs_l2_null:.2f})'),
+                ('D near-copy share', '{train_near_copy_share:.3f}'),
+                ('FD (floor)', '{fd:.1f} ({fd_floor:.1f})'), ('recognizable', '{recognizable:.2f}')],
 }
 
 
@@ -60,11 +69,30 @@ def _cell(template, row) -> str:
         return 'n/a'
 
 
+def entropy_table(results: dict) -> str:
+    """One row per parent count K of --mode=entropy's cells, in the plan's order (K = 0, plain
+    real digits, as 'real'); each cell holds every seed's value, ' / ' between them."""
+    rows, cols = results['rows'], COLUMNS['entropy']
+    seeds = sorted({r['seed'] for r in rows})
+    by = {(r['parents'], r['seed']): r for r in rows}
+    out = [f'--mode=entropy, N = {rows[0]["n"]}, seed{"s" * (len(seeds) > 1)} '
+           + ' / '.join(map(str, seeds)), '',
+           '| ' + ' | '.join(h for h, _ in cols) + ' |', '|' + '---|' * len(cols)]
+    for k in dict.fromkeys(r['parents'] for r in rows):
+        cells = ['real' if k in (0, 'real') else str(k)] + [
+            ' / '.join(_cell(t, by[k, s]) if (k, s) in by else 'n/a' for s in seeds)
+            for _, t in cols[1:]]
+        out.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(out) + '\n'
+
+
 def variant_table(results: dict, variant: str, columns: str, **params) -> str:
     """One row per generation of `variant` at the headline N; each cell holds every seed's value,
-    ' / ' between them, seeds in ascending order."""
+    ' / ' between them, seeds in ascending order. columns='entropy' is `entropy_table`."""
     if columns not in COLUMNS:
         raise ValueError(f'columns={columns!r}; allowed: {", ".join(COLUMNS)}')
+    if columns == 'entropy':
+        return entropy_table(results)
     rows = [r for r in results['rows'] if r['variant'] == variant
             and r['n'] == results['headline_n']]
     if not rows:

@@ -31,6 +31,19 @@ def test_a_variant_table_holds_each_seeds_value_and_says_what_is_missing():
         tables.variant_table(results(), 'replace/none', 'nope')
 
 
+def test_the_entropy_table_has_a_row_per_parent_count_in_the_plans_order():
+    rows = [dict(n=256, parents=k, seed=s, train_entropy=500.0 + k + s, copy_auc=0.4,
+                 copy_auc_lo=0.3, copy_auc_hi=0.5, memorization_calibrated=0.2,
+                 memorization_calibrated_null=0.25)
+            for s in (0, 1) for k in (8, 32, 0) if (k, s) != (32, 1)]
+    lines = tables.variant_table(dict(rows=rows), 'entropy', 'entropy').splitlines()
+    assert lines[0] == '--mode=entropy, N = 256, seeds 0 / 1'
+    assert [line.split(' | ')[0] for line in lines[4:]] == ['| 8', '| 32', '| real']
+    assert lines[4].startswith('| 8 | 508 / 509 | 0.400 [0.300, 0.500] / 0.400 [0.300, 0.500] | '
+                               'n/a / n/a | 0.200 (0.250) / 0.200 (0.250) |')
+    assert lines[5].startswith('| 32 | 532 / n/a |')  # seed 1's K = 32 not measured
+
+
 def test_auc_from_z_inverts_the_normal_approximation():
     from collapse_jax import scoring
     import numpy as np
