@@ -53,7 +53,8 @@ COLUMNS = {
                  '{memorization_calibrated:.3f} ({memorization_calibrated_null:.3f})'),
                 ('GS, L2 (null)', '{gs_l2:.2f} ({gs_l2_null:.2f})'),
                 ('D near-copy share', '{train_near_copy_share:.3f}'),
-                ('FD (floor)', '{fd:.1f} ({fd_floor:.1f})'), ('recognizable', '{recognizable:.2f}')],
+                ('FD (floor)', '{fd:.1f} ({fd_floor:.1f})'),
+                ('recognizable', '{recognizable:.2f}')],
 }
 
 
