@@ -215,12 +215,14 @@ class RealSplit:
 
 def check_config(cfg, with_files: bool = True) -> None:
     """The data section's own checks (the source itself is checked when it is read); with
-    `with_files`, that the data_dir exists."""
+    `with_files`, that a local data_dir exists (one on an object store is found, or not, when
+    TFDS opens it: a check reaches no network)."""
     d = cfg.data
     need(d.source, "data.source=''; allowed: mnist5k, digits, a TFDS name, a .npy file or a folder")
     need(d.split, "data.split=''; must name a TFDS split (for example 'train')")
-    need(not with_files or not d.data_dir or files.isdir(d.data_dir), f'data.data_dir={d.data_dir!r}: no such '
-         "directory ('' = the TFDS default)")
+    local = d.data_dir and not files.is_url(d.data_dir)
+    need(not with_files or not local or files.isdir(d.data_dir),
+         f"data.data_dir={d.data_dir!r}: no such directory ('' = the TFDS default)")
     need(d.resolution > 0, f'data.resolution={d.resolution}; must be > 0')
     need(d.n >= 2, f'data.n={d.n}; must be >= 2')
     need(d.channels in (1, 3), f'data.channels={d.channels}; allowed: 1, 3')

@@ -15,6 +15,10 @@ import numpy as np
 from etils import epath
 
 
+class StoreError(RuntimeError):
+    """An object store refused a write: one line naming the object (main prints it)."""
+
+
 def is_url(path) -> bool:
     """gs://bucket/..., s3://...: a path on an object store, not the local filesystem."""
     return '://' in os.fspath(path)
@@ -74,7 +78,12 @@ def atomic_write(path, write):
     if is_url(path):
         buf = io.BytesIO()
         write(buf)
-        epath.Path(path).write_bytes(buf.getvalue())
+        try:
+            epath.Path(path).write_bytes(buf.getvalue())
+        except Exception as e:  # noqa: BLE001 - gcsfs's errors are often a bare URL
+            raise StoreError(f'{path}: the object could not be written ({type(e).__name__}: '
+                             f'{" ".join(str(e).split())[:200]}); check that the bucket exists '
+                             'and this machine may write to it') from None
         return
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.tmp-')

@@ -172,8 +172,8 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
                        lambda self, cfg, params, count, generation, *_: generation == 1)
         elif where == 'score':
             crash_once(m, loop.Run, 'score', lambda self, g, *a: g == 1)
-        elif where == 'select':
-            crash_once(m, selection, 'select')
+        elif where == 'select':  # the rule's pick for D_1 (the first pick of the run)
+            crash_once(m, selection.get(cfg.loop.selection), 'pick')
         else:
             crash_once(m, loop.files, 'save_jsonl', lambda path, _: path.endswith('metrics.jsonl'))
         with pytest.raises(KeyboardInterrupt):

@@ -100,7 +100,8 @@ def check_config(cfg, with_files: bool = True) -> None:
     need(cfg.features.batch_size > 0, f'features.batch_size={cfg.features.batch_size}; must be > 0')
     for name in NETWORKS if with_files else ():
         path = cfg.features[name]
-        need(not path or files.exists(path), f'features.{name}={path!r}: no such file')
+        need(not path or files.is_url(path) or files.exists(path),
+             f'features.{name}={path!r}: no such file')
     for field, space in (('loop.feature_space', cfg.loop.feature_space),
                          ('score.feature_space', score_space(cfg))):
         need(space in SPACES, f'{field}={space!r}; allowed: {", ".join(SPACES)}')
