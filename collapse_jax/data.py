@@ -233,3 +233,21 @@ def need(ok: bool, message: str) -> None:
     """Every config check's one line: raises ValueError(message) unless ok."""
     if not ok:
         raise ValueError(message)
+
+
+class Registry(dict):
+    """name -> one instance of each registered class: the values of a config field (the
+    selection rules, the paradigms). `register` is a class decorator; `of` looks a name up, or
+    raises the field's one-line error listing what is registered."""
+
+    def __init__(self, field: str):
+        super().__init__()
+        self.field = field
+
+    def register(self, cls):
+        self[cls.name] = cls()
+        return cls
+
+    def of(self, name: str):
+        need(name in self, f'{self.field}={name!r}; allowed: {", ".join(self)}')
+        return self[name]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapse_jax.data import need
+from collapse_jax.data import Registry, need
 from collapse_jax.layout import TrainSet
 from collapse_jax import selection
 
@@ -65,19 +65,8 @@ class Paradigm:
         return self.candidate_count(g - 1, n, n * pool_factor) if g and self.keeps_all(rule) else n
 
 
-PARADIGMS: dict = {}
-
-
-def register(cls):
-    """Class decorator: the paradigm becomes a `loop.paradigm` value."""
-    PARADIGMS[cls.name] = cls()
-    return cls
-
-
-def get(name: str) -> Paradigm:
-    if name not in PARADIGMS:
-        raise ValueError(f'loop.paradigm={name!r}; allowed: {", ".join(PARADIGMS)}')
-    return PARADIGMS[name]
+PARADIGMS = Registry('loop.paradigm')
+register, get = PARADIGMS.register, PARADIGMS.of  # @register: a `loop.paradigm` value
 
 
 @register

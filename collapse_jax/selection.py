@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from collapse_jax import parallel
+from collapse_jax.data import Registry
 from collapse_jax.scoring import unique_rows
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -271,19 +272,8 @@ class Rule:
         raise NotImplementedError
 
 
-RULES: dict = {}
-
-
-def register(cls):
-    """Class decorator: the rule becomes a `loop.selection` value."""
-    RULES[cls.name] = cls()
-    return cls
-
-
-def get(name: str) -> Rule:
-    if name not in RULES:
-        raise ValueError(f'loop.selection={name!r}; allowed: {", ".join(RULES)}')
-    return RULES[name]
+RULES = Registry('loop.selection')
+register, get = RULES.register, RULES.of  # @register: a `loop.selection` value
 
 
 @register
