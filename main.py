@@ -10,6 +10,7 @@
 
 --dry_run with run, study or calibrate prints the plan and its projected time, and writes nothing.
 """
+import importlib
 import logging as pylogging
 import os
 import sys
@@ -38,6 +39,10 @@ flags.DEFINE_string('topology', '', "--dry_run: also project the time on this TP
                     "'v5e:2x2' (needs libtpu; python -m collapse_jax.aot compiles every program)")
 flags.DEFINE_float('mfu', 0.3, '--dry_run: the model FLOP utilisation assumed on an accelerator')
 FLAGS = flags.FLAGS
+
+# the modes that run a config in a workdir: (module, its function(cfg, workdir))
+JOBS = dict(run=('loop', 'run'), study=('study', 'run_study'),
+            calibrate=('calibrate', 'run_calibration'), entropy=('entropy', 'run_entropy'))
 
 
 def _label(run_dir):
@@ -69,17 +74,17 @@ def dispatch():
             labels = [f'{lab} ({d})' for lab, d in zip(labels, FLAGS.runs)]
         print(report.write_compare(layout.SweepDir(FLAGS.workdir), dict(zip(labels, FLAGS.runs))))
         return
-    from collapse_jax import loop, parallel  # after flag parsing: keeps --help fast
+    from collapse_jax import parallel, plan  # after flag parsing: keeps --help fast
     if not FLAGS['config'].present:
         sys.exit('error: --config is required')
     path = config_flags.get_config_filename(FLAGS['config'])
     if not os.path.isfile(path):
         sys.exit(f'error: --config={path}: no such file')
     cfg = FLAGS.config
-    loop.check_top_level(cfg)  # cpu_devices takes effect only before JAX starts
+    plan.check_top_level(cfg)  # cpu_devices takes effect only before JAX starts
     if FLAGS.dry_run:
-        from collapse_jax import plan
-        print(plan.report(plan.describe(cfg, FLAGS.mode, FLAGS.topology, FLAGS.mfu)))
+        from collapse_jax import dryrun
+        print(dryrun.report(dryrun.describe(cfg, FLAGS.mode, FLAGS.topology, FLAGS.mfu)))
         return
     import jax
     if cfg.cpu_devices:
@@ -94,19 +99,8 @@ def dispatch():
         jax.config.update('jax_compilation_cache_dir', cache)
     if cfg.distributed:
         parallel.initialize()
-    if FLAGS.mode == 'study':
-        from collapse_jax import study
-        study.run_study(cfg, FLAGS.workdir)
-        return
-    if FLAGS.mode == 'calibrate':
-        from collapse_jax import calibrate
-        calibrate.run_calibration(cfg, FLAGS.workdir)
-        return
-    if FLAGS.mode == 'entropy':
-        from collapse_jax import entropy
-        entropy.run_entropy(cfg, FLAGS.workdir)
-        return
-    loop.run(cfg, FLAGS.workdir)
+    module, function = JOBS[FLAGS.mode]
+    getattr(importlib.import_module(f'collapse_jax.{module}'), function)(cfg, FLAGS.workdir)
 
 
 def main(argv):

@@ -82,12 +82,12 @@ def compile_all(cfg, devices, only=PROGRAMS) -> dict:
     FLOPs per evaluation of one image ('flops_per_eval')."""
     import jax
     from flax import nnx
-    from collapse_jax import engine, parallel, train
+    from collapse_jax import parallel, plan, train
     mesh = parallel.make_mesh(devices)
     graphdef = train.model_graph(cfg, 'tpu')
-    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: train._make_model(cfg, 0, 'tpu'))))
+    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: train.make_model(cfg, 0, 'tpu'))))
     key = jax.eval_shape(lambda: jax.random.key(0))
-    out = dict(flops_per_eval=engine.unet_flops(cfg, graphdef, 'tpu'))
+    out = dict(flops_per_eval=plan.unet_flops(cfg, graphdef, 'tpu'))
 
     if 'train' in only:
         out['train step'] = train_program(cfg, graphdef, params, key, mesh)
@@ -146,40 +146,38 @@ def sample_program(cfg, graphdef, params, key, mesh) -> dict:
 def knn_program(cfg, devices) -> dict:
     """The scorer as it runs on a host of the slice: the pool's queries split over its devices,
     D_g replicated (neighbours.knn's shard_map)."""
-    import numpy as np
     import jax
     import jax.numpy as jnp
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from collapse_jax import neighbours
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from collapse_jax import neighbours, parallel
     n, d = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels
-    mesh, per = Mesh(np.asarray(devices), ('q',)), -(-n * cfg.loop.pool_factor // len(devices))
-    compiled = neighbours._sharded(tuple(devices), 1, False, 512, 2048).lower(
+    mesh, per = parallel.local_mesh(devices), -(-n * cfg.loop.pool_factor // len(devices))
+    compiled = neighbours.sharded_knn(tuple(devices)).lower(
         jax.ShapeDtypeStruct((per * len(devices), d), jnp.uint8,
-                             sharding=NamedSharding(mesh, P('q'))),
+                             sharding=NamedSharding(mesh, P(parallel.ROWS))),
         jax.ShapeDtypeStruct((n, d), jnp.uint8, sharding=NamedSharding(mesh, P()))).compile()
     return dict(memory=memory(compiled), queries=per * len(devices), refs=n, dim=d)
 
 
 def greedy_program(cfg, devices) -> dict:
     """Greedy selection of N from the largest candidate set, the candidates split over the
-    devices (selection._place): uint8 pixels (the integer path), or float32 features (the TPU's
-    float arithmetic)."""
-    import numpy as np
+    devices (selection.greedy_select): uint8 pixels (the integer path), or float32 features (the
+    TPU's float arithmetic)."""
     import jax
     import jax.numpy as jnp
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from collapse_jax import paradigms, selection
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from collapse_jax import paradigms, parallel, selection
     n, d = cfg.data.n, cfg.data.resolution ** 2 * cfg.data.channels
     pool, variants = n * cfg.loop.pool_factor, engine_variants(cfg)
     m = max(paradigms.get(v.paradigm).candidate_count(cfg.loop.generations - 2, n, pool)
             for v in variants) if cfg.loop.generations > 1 else pool
     m += (-m) % len(devices)
     fd = FEATURE_DIMS.get(cfg.loop.feature_space, d)
-    mesh = Mesh(np.asarray(devices), ('c',))
+    mesh = parallel.local_mesh(devices)
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
     dtype = jnp.uint8 if cfg.loop.feature_space == 'pixel' else jnp.float32
-    compiled = selection._greedy.lower(
-        jax.ShapeDtypeStruct((m, fd), dtype, sharding=NamedSharding(mesh, P('c'))), n,
+    compiled = selection.greedy_loop.lower(
+        jax.ShapeDtypeStruct((m, fd), dtype, sharding=NamedSharding(mesh, P(parallel.ROWS))), n,
         scalar, scalar, mesh).compile()
     return dict(memory=memory(compiled), candidates=m, picks=n, dim=fd)
 
@@ -191,8 +189,8 @@ def engine_variants(cfg):
 
 def project(cfg, flops_per_eval, chip, chips, mfu) -> dict:
     """The run's (or, with a study section, the study's) hours on the slice at `mfu`."""
-    from collapse_jax import engine, study
-    work = study.cost(cfg) if 'study' in cfg else engine.work(
+    from collapse_jax import plan
+    work = plan.study_cost(cfg) if 'study' in cfg else plan.work(
         cfg, [(cfg.data.n, engine_variants(cfg))])
     flops = flops_per_eval * (3 * work['train_images'] + work['unet_evals'])
     hours = flops / (chips * CHIPS[chip][1] * mfu) / 3600

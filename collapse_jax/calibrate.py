@@ -14,13 +14,12 @@ N and step count where generation 0 generalizes while a 4x smaller N copies.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 
 import numpy as np
 
-from collapse_jax import files, judge, layout, loop, measure, metrics, report
+from collapse_jax import files, judge, layout, loop, measure, metrics, plan, report
 from collapse_jax import engine as engine_lib
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
@@ -30,45 +29,15 @@ log = logging.getLogger('collapse_jax')
 KEYS = metrics.view('calibrate')
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """The calibrate section, checked and parsed once: the dataset sizes and step counts."""
-    ns: tuple
-    steps: tuple
-
-
-def _ints(c, field):
-    try:
-        vals = sorted(int(v) for v in str(c[field]).split(','))
-    except ValueError:
-        vals = []
-    need(vals and min(vals) > 0, f'calibrate.{field}={c[field]!r}; allowed: positive '
-         'integers, comma-separated')
-    return tuple(vals)
-
-
-def plan_of(cfg) -> Plan:
-    """The checked calibrate section as a Plan; raises ValueError naming the field."""
-    need('calibrate' in cfg, '--mode=calibrate needs a config with a calibrate section '
-         '(configs/calibrate_cpu.py)')
-    c = cfg.calibrate
-    need(c.generalize_z > 0, f'calibrate.generalize_z={c.generalize_z}; must be > 0')
-    need(0 < c.generalize_mem <= 1, f'calibrate.generalize_mem={c.generalize_mem}; allowed: '
-         '0 < x <= 1')
-    need(c.copy_z < 0, f'calibrate.copy_z={c.copy_z}; must be < 0')
-    need(cfg.score.eval_n >= 2, f'score.eval_n={cfg.score.eval_n}; calibrate needs >= 2 samples')
-    return Plan(_ints(c, 'ns'), _ints(c, 'steps'))
-
-
 def run_calibration(cfg, workdir, engine=None):
     """Measures every (N, steps) cell not yet measured, then draws. Returns the results."""
-    p = plan_of(cfg)
+    p = plan.calibrate_plan(cfg)
     subs = []
     for n in p.ns:
         sub = cfg.copy_and_resolve_references()
         sub.data.n, sub.loop.generations, sub.sweep = n, 1, ''
         sub.train.steps = max(p.steps)
-        loop.validate(sub)
+        plan.validate(sub)
         subs.append(sub)
     engine = engine or engine_lib.Engine(subs[0])
     for sub in subs:
@@ -111,7 +80,7 @@ def _calibrate_n(cfg, cd, steps, engine):
 
 
 def collect(cfg, workdir):
-    p, cd = plan_of(cfg), layout.CalibrateDir(workdir)
+    p, cd = plan.calibrate_plan(cfg), layout.CalibrateDir(workdir)
     return [files.read_json(cd.cell(n, s)) for n in p.ns for s in p.steps
             if files.exists(cd.cell(n, s))]
 
@@ -141,7 +110,7 @@ def draw(cfg, workdir):
     import matplotlib.pyplot as plt
     cells = collect(cfg, workdir)
     need(cells, f'{workdir}: no measured calibration cells to draw')
-    p, cd = plan_of(cfg), layout.CalibrateDir(workdir)
+    p, cd = plan.calibrate_plan(cfg), layout.CalibrateDir(workdir)
     ns, steps = p.ns, p.steps
     panels = [('copy_z', 'copy_z (<< 0 copying, ~0 generalizing)', 'RdBu', -20, 20),
               ('copy_auc', 'copy AUC (< 0.5 copying, 0.5 generalizing)', 'RdBu', 0, 1),

@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from collapse_jax import diffusion, paradigms, parallel, streams
+from collapse_jax import diffusion, parallel, streams
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
 
@@ -46,64 +46,6 @@ def runtime(cfg) -> dict:
                 devices=jax.device_count(), processes=jax.process_count(),
                 compute_dtype=train_lib.compute_dtype(cfg),
                 matmul_precision=str(jax.config.jax_default_matmul_precision or 'default'))
-
-
-def work(cfg, runs) -> dict:
-    """{'train_images', 'unet_evals'} of `runs` [(n, [Variant])]: every generation's training (the
-    growing union for accumulate:none) and sampling (pool and evaluation sample). Generation 0 is
-    trained and sampled once per run (a sweep shares it). Divide by rates for a time."""
-    lp = cfg.loop
-    evals_per_image = cfg.sample.steps * (2 if cfg.model.num_classes and cfg.sample.guidance != 1
-                                          else 1)
-    images = evals = 0
-    for n, variants in runs:
-        for g in range(lp.generations):
-            for v in (variants[:1] if g == 0 else variants):
-                size = paradigms.get(v.paradigm).train_size(g, n, lp.pool_factor, v.rule)
-                images += train_lib.total_steps(cfg, size) * cfg.train.batch_size
-                evals += (n * lp.pool_factor + cfg.score.eval_n) * evals_per_image
-    return dict(train_images=images, unet_evals=evals)
-
-
-def unet_flops(cfg, graphdef, platform=None) -> float:
-    """FLOPs of one UNet evaluation of one image, from XLA's analysis of the lowered (not yet
-    optimized) program; a training image costs about 3x that (forward and backward)."""
-    import jax.numpy as jnp
-    from flax import nnx
-    r, c = cfg.data.resolution, cfg.data.channels
-    params = nnx.state(nnx.eval_shape(lambda: train_lib._make_model(cfg, 0, platform)))
-    y = jnp.zeros((1,), jnp.int32) if cfg.model.num_classes else None
-    fn = jax.jit(lambda p, x, t: nnx.merge(graphdef, p)(x, t, y))
-    lowered = fn.lower(params, jax.ShapeDtypeStruct((1, r, r, c), jnp.float32),
-                       jax.ShapeDtypeStruct((1,), jnp.int32))
-    return float(lowered.cost_analysis()['flops'])
-
-
-# A 2-core x86 CPU ran UNet48 at 0.22 (training) to 0.37 (sampling) of its dense matmul rate
-# (README, Benchmark); the budget check takes the lower figure.
-CPU_EFFICIENCY = 0.22
-
-
-def check_cpu_budget(cfg, engine, cost: dict, what: str) -> None:
-    """On the CPU, refuses work projected at more than a day, with one line that gives the
-    projection and the override (config force_cpu). Once per engine (the job's first check)."""
-    if jax.default_backend() != 'cpu' or cfg.force_cpu or engine.budget_checked:
-        return
-    engine.budget_checked = True
-    import jax.numpy as jnp
-    a = jnp.ones((1024, 1024), jnp.float32)
-    mm = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(mm(a))
-    t0 = time.perf_counter()
-    for _ in range(3):
-        jax.block_until_ready(mm(a))
-    rate = 3 * 2 * 1024 ** 3 / (time.perf_counter() - t0) * jax.device_count()
-    flops = unet_flops(cfg, engine.graphdef) * (3 * cost['train_images'] + cost['unet_evals'])
-    hours = flops / (rate * CPU_EFFICIENCY) / 3600
-    need(hours <= 24, f'{what} is projected at {hours:,.0f} hours on this CPU '
-         f'({flops:.2g} FLOP at {rate * CPU_EFFICIENCY / 1e9:.0f} GFLOP/s, the JAX backend is '
-         "'cpu'); install the GPU or TPU jaxlib (README, Install), or set "
-         '--config.force_cpu=True to run it here anyway')
 
 
 def restore(mngr, step, state, ckpt_dir, generation):

@@ -30,43 +30,12 @@ import logging
 
 import numpy as np
 
-from collapse_jax import files, judge, layout, loop, measure, report, scoring, streams
+from collapse_jax import files, judge, layout, loop, measure, plan, report, scoring, streams
 from collapse_jax import engine as engine_lib
 from collapse_jax import train as train_lib
 from collapse_jax.data import need
 
 log = logging.getLogger('collapse_jax')
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """The entropy section, checked and parsed once."""
-    parents: tuple
-    seeds: tuple
-    heldout_n: int
-    shift: int
-    scale: float
-
-
-def plan_of(cfg) -> Plan:
-    need('entropy' in cfg, '--mode=entropy needs a config with an entropy section '
-         '(configs/entropy_cpu.py)')
-    e = cfg.entropy
-    try:
-        parents = tuple(int(v) for v in str(e.parents).split(','))
-        seeds = tuple(int(v) for v in str(e.seeds).split(','))
-    except ValueError:
-        raise ValueError(f'entropy.parents={e.parents!r}, entropy.seeds={e.seeds!r}; allowed: '
-                         'comma-separated integers (parents 0 = plain real digits)') from None
-    need(all(k >= 0 for k in parents), f'entropy.parents={e.parents!r}; allowed: K >= 1, or 0 '
-         'for plain real digits')
-    need(all(s >= 0 for s in seeds), f'entropy.seeds={e.seeds!r}; must be >= 0')
-    need(e.heldout_n >= 2, f'entropy.heldout_n={e.heldout_n}; must be >= 2')
-    need(0 <= e.shift < cfg.data.resolution // 2, f'entropy.shift={e.shift}; allowed: 0 <= x < '
-         f'data.resolution / 2')
-    need(0 <= e.scale < 1, f'entropy.scale={e.scale}; allowed: 0 <= x < 1')
-    need(cfg.score.eval_n >= 2, f'score.eval_n={cfg.score.eval_n}; the samples need >= 2')
-    return Plan(parents, seeds, e.heldout_n, e.shift, e.scale)
 
 
 def draw(parents: np.ndarray, n: int, rng, shift: int, scale: float) -> np.ndarray:
@@ -82,7 +51,7 @@ def draw(parents: np.ndarray, n: int, rng, shift: int, scale: float) -> np.ndarr
     return np.clip(np.round(out * factor[:, None, None, None]), 0, 255).astype(np.uint8)
 
 
-def sets(cfg, real, jd, k: int, p: Plan):
+def sets(cfg, real, jd, k: int, p: plan.EntropyPlan):
     """(D, H, what H is) for K = k: draws of P_K, or plain real digits for k = 0."""
     if k == 0:
         return real.d0()[0], jd.heldout_real[:p.heldout_n], 'held-out real digits'
@@ -95,15 +64,15 @@ def sets(cfg, real, jd, k: int, p: Plan):
 
 def run_entropy(cfg, workdir, engine=None):
     """Measures every (K, seed) cell not yet measured, then draws. Returns the results."""
-    p, ed = plan_of(cfg), layout.EntropyDir(workdir)
+    p, ed = plan.entropy_plan(cfg), layout.EntropyDir(workdir)
     subs = []
     for seed in p.seeds:
         sub = cfg.copy_and_resolve_references()
         sub.seed, sub.loop.generations, sub.sweep = seed, 1, ''
-        loop.validate(sub)
+        plan.validate(sub)
         subs.append(sub)
     engine = engine or engine_lib.Engine(subs[0])
-    engine_lib.check_cpu_budget(cfg, engine, dict(
+    plan.check_cpu_budget(cfg, engine, dict(
         train_images=len(p.parents) * len(p.seeds) * train_lib.total_steps(cfg, cfg.data.n)
         * cfg.train.batch_size, unet_evals=len(p.parents) * len(p.seeds) * cfg.score.eval_n
         * cfg.sample.steps), 'this intervention')
@@ -144,7 +113,7 @@ def _cell(cfg, ed, k, p, real, jd, engine):
 
 
 def collect(cfg, workdir):
-    p, ed = plan_of(cfg), layout.EntropyDir(workdir)
+    p, ed = plan.entropy_plan(cfg), layout.EntropyDir(workdir)
     return [files.read_json(ed.cell(k, s)) for s in p.seeds for k in p.parents
             if files.exists(ed.cell(k, s))]
 
@@ -178,7 +147,7 @@ def draw_results(cfg, workdir):
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     report.save_fig(ed.figure('entropy.png'), fig)
-    results = dict(rows=cells, plan=dataclasses.asdict(plan_of(cfg)))
+    results = dict(rows=cells, plan=dataclasses.asdict(plan.entropy_plan(cfg)))
     files.save_json(ed.figure('results.json'), results)
     print(json.dumps(dict(figures=ed.figures, cells=len(cells))))
     return results

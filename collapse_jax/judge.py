@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from collapse_jax import data, features, measure, paradigms, scoring, streams
+from collapse_jax.store import FRESH, REAL, ArrayStore, Source
 
 
 def pixel_variance(images) -> float:
@@ -70,16 +71,18 @@ class Judge:
             self._cache[key] = fn()
         return self._cache[key]
 
-    def record(self, g, d_g, pool, sample, held, pool_features=None):
-        """(generation g's record, each pool image's nearest D_g index). Pixels (entropy: nats,
-        0-255; GS, variance: [-1, 1]): D_g's entropy, S_g's GS, gs_ratio, memorization (ratio
-        test and calibrated), effective dimension and intensity; relative copying against H_g,
-        and the absolute measures' nulls on H_g (`held`: (H_g, what it is), from `heldout`);
-        in the selection's feature space: entropy and GS; in the score space: FD (beside its
-        floor) and precision/recall of `sample` (E_g, or S_g if None), and recognizable; for digits
-        (1 channel), GS in the digits classifier's space (gs_digits). pool_features: the pool's
-        in the selection's space, if the caller has them."""
+    def record(self, g, d_g, store):
+        """(generation g's record, each pool image's nearest D_g index, H_g or None) of D_g
+        (a layout.TrainSet) and the pool S_g and evaluation sample E_g in `store` (a
+        store.Store with `eval`). Pixels (entropy: nats, 0-255; GS, variance: [-1, 1]): D_g's
+        entropy, S_g's GS, gs_ratio, memorization (ratio test and calibrated), effective
+        dimension and intensity; relative copying against H_g (`heldout`) and the absolute
+        measures' nulls on it; in the selection's feature space: entropy and GS; in the score
+        space: FD (beside its floor) and precision/recall of E_g (S_g if there is none), and
+        recognizable; for digits (1 channel), GS in the digits classifier's space (gs_digits)."""
         cfg, fz = self.cfg, self.featurize
+        pool, sample = store.images(Source.pool(g))[0], store.eval(g)
+        held = self.heldout(g, store)
         px, nn_idx = measure.pixel_measures(d_g.images, pool, cfg.score.k, cfg.score.mem_ratio,
                                             copy_threshold=self.copy_threshold(),
                                             return_nearest=True)
@@ -91,7 +94,7 @@ class Judge:
                   f'precision, recall: {self.scorer.name} features',
             n_train=int(len(d_g.images)), n_pool=int(len(pool)), **px,
             pool_variance=pixel_variance(pool), train_variance=pixel_variance(d_g.images),
-            real_share=float(np.mean(np.isin(d_g.source, (paradigms.REAL, paradigms.FRESH)))),
+            real_share=float(np.mean(np.isin(d_g.source, (REAL.code, FRESH.code)))),
             how_built={k: v for k, v in d_g.info.items() if k != 'select_s'},
             select_s=d_g.info.get('select_s'),
             sampler=dict(steps=cfg.sample.steps, clip_x0=cfg.sample.clip_x0,
@@ -99,28 +102,31 @@ class Judge:
         rec.update(copying(pool, d_g.images, *held, self.copy_threshold()))
         rec.update(self.fidelity((pool if sample is None else sample)[:cfg.score.fd_n or None]))
         train_f = fz(d_g.images)
-        pool_f = fz(pool) if pool_features is None else np.asarray(pool_features)
+        pool_f = np.asarray(store.features(Source.pool(g)))
         rec.update(measure.space_measures(train_f, pool_f, cfg.score.k))
         if cfg.data.channels == 1:  # a GS that does not share the pixel entropy's geometry
             if fz.name != 'digits':
                 dz = features.get('digits', cfg.features, cfg.features.batch_size)
                 train_f, pool_f = dz(d_g.images), dz(pool)
             rec['gs_digits'] = scoring.generalization_score(pool_f, train_f, 'l2')
-        return rec, nn_idx
+        return rec, nn_idx, held[0]
 
-    def heldout(self, g, draws):
+    def heldout(self, g, store):
         """(H_g, what it is): held-out real images at generation 0; later D_g's construction
-        repeated on independent draws (paradigms.heldout_set), from `draws` ({'S<i>': E_i} of
-        generation g - 1's sources; None at g = 0)."""
+        repeated on independent draws (paradigms.heldout_set): the evaluation samples E_i of
+        generation g - 1's sources in `store`, and held-out real images for D_0 and fresh ones."""
         cfg = self.cfg
         if g == 0:
             return self.heldout_real, 'held-out real'
         if not cfg.score.eval_n:
             return None, 'none (score.eval_n = 0)'
-        return paradigms.heldout_set(cfg.loop, g - 1, cfg.data.n, draws, self.heldout_real,
-                                     rng=streams.numpy_rng(cfg.seed, 'mirror', g - 1),
-                                     featurize=self.featurize,
-                                     fresh_n=paradigms.fresh_per_generation(cfg))
+        paradigm, rule = paradigms.of_config(cfg.loop)
+        draws = ArrayStore({s: self.heldout_real if s == REAL else store.eval(s.code)
+                            for s in paradigm.sources(g - 1)} | {REAL: self.heldout_real},
+                           n=store.n, pool_size=store.pool_size, featurize=self.featurize,
+                           fresh_n=store.fresh_n)
+        return paradigms.heldout_set(paradigm, rule, g - 1, draws,
+                                     rng=streams.numpy_rng(cfg.seed, 'mirror', g - 1))
 
     def fidelity(self, sample) -> dict:
         """FD and precision/recall of `sample` against the held-out reference, the FD between two

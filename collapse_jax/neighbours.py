@@ -44,24 +44,28 @@ def knn(queries, refs, k: int = 1, exclude_self: bool = False, block_q: int = 51
     per = -(-nq // n_dev)
     q = np.concatenate([queries, np.zeros((per * n_dev - nq,) + queries.shape[1:],
                                           queries.dtype)])
-    mesh = jax.sharding.Mesh(np.asarray(devices), ('q',))
+    mesh = parallel.local_mesh(devices)
     place = lambda a, spec: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))  # noqa
-    d, i = _sharded(devices, k, exclude_self, block_q, block_r)(
-        place(q, jax.sharding.PartitionSpec('q')), place(np.asarray(refs),
-                                                         jax.sharding.PartitionSpec()))
+    d, i = sharded_knn(devices, k, exclude_self, block_q, block_r)(
+        place(q, jax.sharding.PartitionSpec(parallel.ROWS)),
+        place(np.asarray(refs), jax.sharding.PartitionSpec()))
     return d[:nq], i[:nq]
 
 
 @functools.lru_cache(maxsize=None)
-def _sharded(devices, k, exclude_self, block_q, block_r):
-    from jax.sharding import Mesh, PartitionSpec as P
-    mesh = Mesh(np.asarray(devices), ('q',))
+def sharded_knn(devices: tuple, k: int = 1, exclude_self: bool = False, block_q: int = 512,
+                block_r: int = 2048):
+    """The jitted scorer over `devices` (a tuple): (queries split on parallel.ROWS, refs
+    replicated) -> (distances, indices), each device's queries on its own (aot.py compiles it)."""
+    from jax.sharding import PartitionSpec as P
+    rows = parallel.ROWS
 
     def local(q, r):  # this device's queries, numbered from its first global row
-        offset = jax.lax.axis_index('q') * q.shape[0]
+        offset = jax.lax.axis_index(rows) * q.shape[0]
         return _knn(q, r, offset, k, exclude_self, block_q, block_r)
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P('q'), P()),
-                                 out_specs=(P('q'), P('q')), check_vma=False))
+    return jax.jit(jax.shard_map(local, mesh=parallel.local_mesh(devices),
+                                 in_specs=(P(rows), P()), out_specs=(P(rows), P(rows)),
+                                 check_vma=False))
 
 
 @partial(jax.jit, static_argnames=('k', 'exclude_self', 'block_q', 'block_r'))

@@ -9,23 +9,13 @@ import numpy as np
 from collapse_jax.data import Registry, need
 from collapse_jax.layout import TrainSet
 from collapse_jax import selection
-
-REAL, FRESH = -1, -2  # source ids of D_0's real images and of fresh real images; i is S_i
-
-
-def source_id(name: str) -> int:
-    """'real' -> REAL, 'S<i>' -> i: the ids TrainSet.source holds."""
-    return REAL if name == 'real' else int(name[1:])
-
-
-def pool_name(i: int) -> str:
-    return f'S{i}'
+from collapse_jax.store import FRESH, REAL, ArrayStore, Source
 
 
 class Paradigm:
     """Which candidates D_{g+1} is chosen from after generation g sampled S_g. Adding one is one
     subclass with `@register`; the loop, the held-out sets, the cost model and the reports read
-    it. Sources are named 'real' (D_0) and 'S<i>' (the pool of generation i).
+    it. Its sources are store.Source values: REAL (D_0) and Source.pool(i) (S_i).
 
     family: 'replace' (starts from S_g alone) or 'accumulate' (keeps earlier data); the study's
       figures group variants by it.
@@ -39,12 +29,12 @@ class Paradigm:
 
     def sources(self, g: int) -> list:
         """The sources D_{g+1}'s candidates come from."""
-        return [pool_name(g)]
+        return [Source.pool(g)]
 
     def candidates(self, g: int, n: int, pool_size: int, rng) -> list:
         """[(source, row indices)] of D_{g+1}'s candidates, in a shuffled order (`rng`, a numpy
         Generator), so the rule 'none' takes a uniform subset. Fresh rows are the caller's."""
-        return [(pool_name(g), rng.permutation(pool_size))]
+        return [(Source.pool(g), rng.permutation(pool_size))]
 
     def keeps_all(self, rule: str) -> bool:
         """Whether every candidate trains the next generation, with no rule applied."""
@@ -58,7 +48,7 @@ class Paradigm:
 
     def candidate_count(self, g: int, n: int, pool_size: int) -> int:
         """How many images D_{g+1} is chosen from (fresh images aside)."""
-        return sum(n if s == 'real' else pool_size for s in self.sources(g))
+        return sum(n if s == REAL else pool_size for s in self.sources(g))
 
     def train_size(self, g: int, n: int, pool_factor: int, rule: str) -> int:
         """|D_g|: N, unless every candidate trains it."""
@@ -82,11 +72,10 @@ class Accumulate(Paradigm):
     family = 'accumulate'
 
     def sources(self, g):
-        return ['real'] + [pool_name(i) for i in range(g + 1)]
+        return [REAL] + [Source.pool(i) for i in range(g + 1)]
 
     def candidates(self, g, n, pool_size, rng):
-        return [('real', np.arange(n))] + [(pool_name(i), np.arange(pool_size))
-                                           for i in range(g + 1)]
+        return [(s, np.arange(n if s == REAL else pool_size)) for s in self.sources(g)]
 
     def keeps_all(self, rule):
         return rule == 'none'
@@ -104,7 +93,7 @@ class AccumulateSubsample(Accumulate):
 
     def candidates(self, g, n, pool_size, rng):
         sources = self.sources(g)
-        sizes = [n if s == 'real' else pool_size for s in sources]
+        sizes = [n if s == REAL else pool_size for s in sources]
         counts = np.full(len(sources), n // len(sources))
         counts[: n - counts.sum()] += 1
         return [(s, np.sort(rng.choice(size, c, replace=False)))
@@ -133,86 +122,87 @@ def fresh_per_generation(cfg, n=None) -> int:
     return int(round(cfg.loop.fresh_fraction * n)) if get(cfg.loop.paradigm).fresh else 0
 
 
-def next_training_set(lp, generation: int, n: int, sources: dict, *, rng, seed: int, featurize,
-                      fresh=None, features=None):
-    """D_{g+1} of size n (N; more under accumulate:none) after generation g sampled S_g.
+def of_config(lp):
+    """(the Paradigm, the Rule with its parameters) of a loop config section."""
+    paradigm = get(lp.paradigm)
+    return paradigm, selection.get(lp.selection).configured(paradigm.name, lp.feature_space, lp)
 
-    lp: the loop config section (paradigm, selection, feature_space, tau, decay, pool_factor).
-    sources: {'real': (images, labels), 'S<i>': (images, labels)} with the names
-      `Paradigm.sources` gives (labels may be None). rng: numpy Generator of the candidates'
-    order; seed: the rule's seed; featurize: images -> the selection's features. fresh: (images, labels, rows) of
-    the new real images added under 'fresh', else None. features: {source: the selection's
-    features of all its rows}, made once by the caller (a pool never changes), or None to
-    featurize the candidates here. Returns a layout.TrainSet whose source ids are REAL, FRESH
-    and i for S_i."""
-    paradigm, rule = get(lp.paradigm), selection.get(lp.selection)
-    cands = paradigm.candidates(generation, n, len(sources[pool_name(generation)][0]), rng)
-    fresh_n = 0 if fresh is None else len(fresh[0])
-    want = n - fresh_n
+
+def next_training_set(paradigm, rule, g: int, store, *, rng, seed: int) -> TrainSet:
+    """D_{g+1}: N images (more where the paradigm keeps every candidate) after generation g
+    sampled S_g, from `store` (a store.Store: the sources, their features, the fresh images).
+    rule: a configured selection.Rule; rng: numpy Generator of the candidates' order; seed: the
+    rule's. Returns a layout.TrainSet whose source codes are store.Source codes."""
+    cands = paradigm.candidates(g, store.n, len(store.images(Source.pool(g))[0]), rng)
+    fresh = store.fresh(g)
+    want = store.n - (0 if fresh is None else len(fresh[0]))
 
     def cat(parts):
         return None if any(p is None for p in parts) else np.concatenate(parts)
-    images = np.concatenate([sources[s][0][rows] for s, rows in cands])
-    labels = cat([None if sources[s][1] is None else sources[s][1][rows] for s, rows in cands])
-    source = np.concatenate([np.full(len(rows), source_id(s), np.int16) for s, rows in cands])
+    images = np.concatenate([store.images(s)[0][rows] for s, rows in cands])
+    labels = cat([None if store.images(s)[1] is None else store.images(s)[1][rows]
+                  for s, rows in cands])
+    source = np.concatenate([np.full(len(rows), s.code, np.int16) for s, rows in cands])
     index = np.concatenate([rows for _, rows in cands])
-    info = dict(rule=lp.selection, paradigm=lp.paradigm, candidates=int(len(images)))
+    info = dict(rule=rule.name, paradigm=paradigm.name, candidates=int(len(images)))
     if not paradigm.keeps_all(rule.name):
-        need(len(images) >= want, f'loop.pool_factor={lp.pool_factor}: {len(images)} candidates '
-             f'cannot yield {want} images')
-        feats = featurize(images) if features is None else np.concatenate(
-            [features[s][rows] for s, rows in cands])
+        need(len(images) >= want, f'loop.pool_factor={store.pool_size // store.n}: '
+             f'{len(images)} candidates cannot yield {want} images')
         if rule.uses_distances:
+            feats = np.concatenate([store.features(s)[rows] for s, rows in cands])
             info['arithmetic'] = selection.arithmetic(feats)
-        pick, extra = rule.pick(feats, want, seed=seed,
-                                **rule.params(paradigm.name, lp.feature_space, lp))
+        else:  # a rule that reads no distances needs only the candidates' count
+            feats = np.empty((len(images), 0), np.uint8)
+        pick, extra = rule(feats, want, seed)
         info.update(extra)
         images, source, index = images[pick], source[pick], index[pick]
         labels = None if labels is None else labels[pick]
-    if fresh_n:
+    if fresh is not None:
         images = np.concatenate([images, fresh[0]])
         labels = None if labels is None or fresh[1] is None else np.concatenate([labels, fresh[1]])
-        source = np.concatenate([source, np.full(fresh_n, FRESH, np.int16)])
+        source = np.concatenate([source, np.full(len(fresh[0]), FRESH.code, np.int16)])
         index = np.concatenate([index, fresh[2]])
     return TrainSet(images, labels, source, index, dict(info, n=int(len(images))))
 
 
-def heldout_set(lp, generation: int, n: int, draws: dict, real, *, rng, featurize, fresh_n=0):
+def heldout_set(paradigm, rule, g: int, draws, *, rng) -> tuple:
     """(H_{g+1}, what it is): a held-out set for D_{g+1}'s relative copy measures.
 
     A held-out set is a valid null only if its images are independent draws with the law of an
     image of D_{g+1}. So H_{g+1} repeats D_{g+1}'s construction (`next_training_set`) at D_{g+1}'s
     own sizes, N images from pool_factor x N candidates (greedy and threshold reach further
     into a larger pool's tails; from N under none and random, whose picks are i.i.d. at any
-    size), on independent sources: draws {'S<i>': E_i} for the pools, `real` (held-out real
-    images, N a replica) for D_0 and the fresh images. As many replicas as the draws hold,
-    concatenated: the replicas are independent, and each image has the law of one of D_{g+1}.
-    (None, why) when the draws hold no replica."""
-    paradigm = get(lp.paradigm)
-    size = n * lp.pool_factor if paradigm.pool_size_matters(lp.selection) else n
-    names = paradigm.sources(generation)
-    needs_real = 'real' in names or fresh_n > 0
-    reps = min(len(draws[s]) for s in names if s != 'real') // size
+    size), on independent sources. `draws`: a store.ArrayStore at the run's sizes whose
+    Source.pool(i) holds E_i, REAL held-out real images (N a replica, for D_0 and the fresh
+    images); rng: a numpy Generator (the candidates' order, each replica's seed). As
+    many replicas as the draws hold, concatenated: the replicas are independent, and each image
+    has the law of one of D_{g+1}. (None, why) when the draws hold no replica."""
+    n = draws.n
+    size = draws.pool_size if paradigm.pool_size_matters(rule.name) else n
+    names = paradigm.sources(g)
+    needs_real = REAL in names or draws.fresh_n > 0
+    reps = min(len(draws.images(s)[0]) for s in names if s != REAL) // size
     if needs_real:
-        reps = min(reps, len(real) // n)
+        reps = min(reps, len(draws.images(REAL)[0]) // n)
     if reps < 1:
         return None, (f'none (the evaluation sample holds no replica of {size} draws'
                       f'{f" and {n} held-out real" if needs_real else ""})')
     held = []
     for j in range(reps):
-        block = real[j * n:(j + 1) * n] if needs_real else None
-        sources = {s: (block, None) if s == 'real' else (draws[s][j * size:(j + 1) * size], None)
-                   for s in names}
-        fresh = (block[:fresh_n], None, np.arange(fresh_n)) if fresh_n else None
+        block = draws.images(REAL)[0][j * n:(j + 1) * n] if needs_real else None
+        replica = ArrayStore(
+            {s: block if s == REAL else draws.images(s)[0][j * size:(j + 1) * size]
+             for s in names}, n=n, pool_size=draws.pool_size, featurize=draws.featurize,
+            fresh=(block[:draws.fresh_n], None, np.arange(draws.fresh_n)) if draws.fresh_n
+            else None)
         try:
-            held.append(next_training_set(lp, generation, n, sources, rng=rng,
-                                          seed=int(rng.integers(2 ** 31)), featurize=featurize,
-                                          fresh=fresh).images)
+            held.append(next_training_set(paradigm, rule, g, replica, rng=rng,
+                                          seed=int(rng.integers(2 ** 31))).images)
         except ValueError as e:
             return None, f'none (a held-out replica failed: {e})'
     return np.concatenate(held), (
-        f'{reps} independent replica(s) of {lp.paradigm}/{lp.selection} at N={n} from {size} '
-        f'draws of E_{generation}' + (' and held-out real' if needs_real else ''))
+        f'{reps} independent replica(s) of {paradigm.name}/{rule.name} at N={n} from {size} '
+        f'draws of E_{g}' + (' and held-out real' if needs_real else ''))
 
 
 def check_config(cfg) -> None:

@@ -44,6 +44,14 @@ def local_devices(devices=None) -> tuple:
     return tuple(jax.local_devices() if devices is None else devices)
 
 
+ROWS = 'rows'  # the axis the scorer's queries and the selection's candidates are split on
+
+
+def local_mesh(devices=None):
+    """A 1-D ROWS mesh over `devices` (default: this process's own): scoring and selection."""
+    return jax.sharding.Mesh(np.asarray(local_devices(devices)), (ROWS,))
+
+
 def make_mesh(devices=None):
     """A 1-D 'data' mesh over `devices` (default: every device of every host)."""
     if devices is None:

@@ -1,154 +1,258 @@
-"""What a job will do, before it does it (`python main.py ... --dry_run`): the config checked as a
-run would check it, the runs and variants, what each generation trains, samples and selects
-from, and the projected time, on the running backend and, for a named TPU `--topology`, from
-the FLOPs that the TPU compiler reports at a stated MFU. Nothing is written.
+"""What a job will do, checked before it starts: every config check composed (`validate`), each
+mode's section parsed once into a plan (`StudyPlan`, `CalibratePlan`, `EntropyPlan`), the runs a
+job makes (`runs_of`), and the cost model (`work`, `unet_flops`, `check_cpu_budget`) that the
+CPU budget check, `--dry_run` (dryrun.py) and the TPU projection (aot.py) share.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 
 import jax
 
-from collapse_jax import engine as engine_lib
-from collapse_jax import paradigms, train as train_lib
+from collapse_jax import data, diffusion, features, files, layout, measure, paradigms
+from collapse_jax import train as train_lib
+from collapse_jax.data import need
+
+
+def ints(text, field: str, minimum: int = 0) -> tuple:
+    """A comma-separated list of integers >= minimum, in its order, or one line naming the
+    field."""
+    try:
+        vals = tuple(int(v) for v in str(text).split(','))
+    except ValueError:
+        vals = ()
+    need(vals and min(vals) >= minimum, f'{field}={text!r}; allowed: integers >= {minimum}, '
+         'comma-separated')
+    return vals
+
+
+def validate(cfg, dataset_size: int | None = None, with_files: bool = True):
+    """Every section's own checks, composed; raises ValueError naming the field. with_files=False
+    leaves out the files a run reads (weights, the TFDS data_dir): a dry run lists them apart."""
+    check_top_level(cfg)
+    for check in (train_lib.check_config, diffusion.check_config, paradigms.check_config,
+                  measure.check_config):
+        check(cfg)
+    data.check_config(cfg, with_files)
+    features.check_config(cfg, with_files)
+    if dataset_size is not None:
+        extra = paradigms.fresh_per_generation(cfg) * (cfg.loop.generations - 1)
+        need(cfg.data.n + extra <= dataset_size,
+             f'data.n={cfg.data.n} (+{extra} fresh) exceeds the {dataset_size} images of '
+             f'data.source={cfg.data.source!r}')
+
+
+def check_top_level(cfg) -> None:
+    """The fields outside any section."""
+    for field in ('seed', 'cpu_devices'):
+        need(cfg[field] >= 0, f'{field}={cfg[field]}; must be >= 0')
+    need(not files.isfile(os.path.expanduser(cfg.compilation_cache)),
+         f"compilation_cache={cfg.compilation_cache!r} is a file; give a directory, 'auto' or "
+         "'' (off)")
+    if cfg.sweep:  # the form here; each variant's paradigm and rule by its own validate
+        layout.parse_variants(cfg.sweep)
+
+
+def sweep_configs(cfg, workdir, with_files: bool = True):
+    """[(Variant, config, RunDir)] for cfg.sweep's variants (or the one configured, in workdir
+    itself), all validated before any of them starts."""
+    if not cfg.sweep:
+        validate(cfg, with_files=with_files)
+        return [(layout.Variant.of(cfg), cfg, layout.RunDir(workdir))]
+    out = []
+    for v in layout.parse_variants(cfg.sweep):
+        sub = cfg.copy_and_resolve_references()
+        sub.loop.paradigm, sub.loop.selection, sub.sweep = v.paradigm, v.rule, ''
+        validate(sub, with_files=with_files)
+        out.append((v, sub, layout.SweepDir(workdir).run(v)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPlan:
+    """The study section, checked and parsed once (study_plan); every later step reads this.
+    `shared`: the variants every seed runs (study.seed_variants; all of them if empty)."""
+    ns: tuple
+    seeds: tuple
+    headline_n: int
+    variants: tuple
+    shared: tuple
+
+    def variants_at(self, seed) -> tuple:
+        """Every variant at the first seed; the shared ones at the others."""
+        return self.variants if seed == self.seeds[0] else self.shared
+
+    def runs(self) -> list:
+        """[(n, seed)]: every N with the first seed, and every seed at the headline N."""
+        return [(n, self.seeds[0]) for n in self.ns] + [(self.headline_n, s)
+                                                       for s in self.seeds[1:]]
+
+    def passes(self) -> list:
+        """[(n, seed, variants)] in the order they run: the shared variants at every (N, seed)
+        first, so that a study cut short already holds the seed spread; then each run's
+        remaining variants (its finished ones resume at once)."""
+        first = [(n, s, self.shared) for n, s in self.runs()]
+        rest = [(n, s, self.variants_at(s)) for n, s in self.runs()
+                if self.variants_at(s) != self.shared]
+        return first + rest
+
+    def labels(self) -> list:
+        return [v.label for v in self.variants]
+
+
+def study_plan(cfg) -> StudyPlan:
+    """The checked study section; raises ValueError naming the field."""
+    need('study' in cfg, '--mode=study needs a config with a study section '
+         '(configs/study_cpu.py)')
+    st = cfg.study
+    ns, seeds = ints(st.ns, 'study.ns', 1), ints(st.seeds, 'study.seeds')
+    need(st.headline_n in ns, f'study.headline_n={st.headline_n} must be one of '
+         f'study.ns={st.ns!r}')
+    every = tuple(layout.parse_variants(st.variants, 'study.variants'))
+    shared = tuple(layout.parse_variants(st.seed_variants, 'study.seed_variants')) \
+        if st.get('seed_variants', '') else every
+    need(set(shared) <= set(every) and shared[0] == every[0],
+         f'study.seed_variants={st.seed_variants!r} must be a subset of study.variants that '
+         f'starts with its first variant ({every[0].label}, which trains generation 0)')
+    return StudyPlan(ns, seeds, st.headline_n, every, shared)
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibratePlan:
+    """The calibrate section, checked and parsed once: the dataset sizes and step counts."""
+    ns: tuple
+    steps: tuple
+
+
+def study_passes(cfg, p: StudyPlan, with_files: bool = True) -> list:
+    """[(n, seed, config)] of the study's passes, in order: each a sweep of the pass's variants,
+    every variant of every pass validated before any work."""
+    out = []
+    for n, seed, variants in p.passes():
+        sub = cfg.copy_and_resolve_references()
+        sub.data.n, sub.seed = n, seed
+        sub.sweep = ','.join(f'{v.paradigm}:{v.rule}' for v in variants)
+        sweep_configs(sub, '/unused', with_files=with_files)
+        out.append((n, seed, sub))
+    return out
+
+
+def calibrate_plan(cfg) -> CalibratePlan:
+    """The checked calibrate section as a CalibratePlan; raises ValueError naming the field."""
+    need('calibrate' in cfg, '--mode=calibrate needs a config with a calibrate section '
+         '(configs/calibrate_cpu.py)')
+    c = cfg.calibrate
+    need(c.generalize_z > 0, f'calibrate.generalize_z={c.generalize_z}; must be > 0')
+    need(0 < c.generalize_mem <= 1, f'calibrate.generalize_mem={c.generalize_mem}; allowed: '
+         '0 < x <= 1')
+    need(c.copy_z < 0, f'calibrate.copy_z={c.copy_z}; must be < 0')
+    need(cfg.score.eval_n >= 2, f'score.eval_n={cfg.score.eval_n}; calibrate needs >= 2 samples')
+    return CalibratePlan(*(tuple(sorted(ints(c[f], f'calibrate.{f}', 1))) for f in ('ns', 'steps')))
+
+
+@dataclasses.dataclass(frozen=True)
+class EntropyPlan:
+    """The entropy section, checked and parsed once."""
+    parents: tuple
+    seeds: tuple
+    heldout_n: int
+    shift: int
+    scale: float
+
+
+def entropy_plan(cfg) -> EntropyPlan:
+    need('entropy' in cfg, '--mode=entropy needs a config with an entropy section '
+         '(configs/entropy_cpu.py)')
+    e = cfg.entropy
+    parents, seeds = ints(e.parents, 'entropy.parents'), ints(e.seeds, 'entropy.seeds')
+    need(e.heldout_n >= 2, f'entropy.heldout_n={e.heldout_n}; must be >= 2')
+    need(0 <= e.shift < cfg.data.resolution // 2, f'entropy.shift={e.shift}; allowed: 0 <= x < '
+         f'data.resolution / 2')
+    need(0 <= e.scale < 1, f'entropy.scale={e.scale}; allowed: 0 <= x < 1')
+    need(cfg.score.eval_n >= 2, f'score.eval_n={cfg.score.eval_n}; the samples need >= 2')
+    return EntropyPlan(parents, seeds, e.heldout_n, e.shift, e.scale)
 
 
 def runs_of(cfg, mode: str) -> list:
     """[(n, seed, [Variant])] of the job, every config validated as the job would."""
-    from collapse_jax import calibrate, entropy, layout, loop, study
     if mode == 'entropy':
-        p = entropy.plan_of(cfg)
-        loop.validate(cfg, with_files=False)
+        p = entropy_plan(cfg)
+        validate(cfg, with_files=False)
         return [(cfg.data.n, s, [layout.Variant.of(cfg)]) for s in p.seeds for _ in p.parents]
     if mode == 'study':
-        p, out = study.plan_of(cfg), []
-        for n, seed, variants in p.passes():
-            sub = cfg.copy_and_resolve_references()
-            sub.data.n, sub.seed = n, seed
-            sub.sweep = ','.join(f'{v.paradigm}:{v.rule}' for v in variants)
-            loop.sweep_configs(sub, '/unused', with_files=False)
+        p = study_plan(cfg)
+        study_passes(cfg, p, with_files=False)
         return [(n, s, list(p.variants_at(s))) for n, s in p.runs()]
     if mode == 'calibrate':
-        p = calibrate.plan_of(cfg)
-        loop.validate(cfg, with_files=False)
+        p = calibrate_plan(cfg)
+        validate(cfg, with_files=False)
         return [(n, cfg.seed, [layout.Variant.of(cfg)]) for n in p.ns]
-    return [(cfg.data.n, cfg.seed, [v for v, _, _ in loop.sweep_configs(cfg, '/unused',
+    return [(cfg.data.n, cfg.seed, [v for v, _, _ in sweep_configs(cfg, '/unused',
                                                                         with_files=False)])]
 
 
-def missing_files(cfg) -> list:
-    """The files a real run needs that are not there (weights, the TFDS data_dir), one line
-    each."""
-    from collapse_jax import data, features
-    out = []
-    for check in (data.check_config, features.check_config):
-        try:
-            check(cfg)
-        except ValueError as e:
-            out.append(str(e))
-    return out
+def work(cfg, runs) -> dict:
+    """{'train_images', 'unet_evals'} of `runs` [(n, [Variant])]: every generation's training (the
+    growing union for accumulate:none) and sampling (pool and evaluation sample). Generation 0 is
+    trained and sampled once per run (a sweep shares it). Divide by rates for a time."""
+    lp = cfg.loop
+    evals_per_image = cfg.sample.steps * (2 if cfg.model.num_classes and cfg.sample.guidance != 1
+                                          else 1)
+    images = evals = 0
+    for n, variants in runs:
+        for g in range(lp.generations):
+            for v in (variants[:1] if g == 0 else variants):
+                size = paradigms.get(v.paradigm).train_size(g, n, lp.pool_factor, v.rule)
+                images += train_lib.total_steps(cfg, size) * cfg.train.batch_size
+                evals += (n * lp.pool_factor + cfg.score.eval_n) * evals_per_image
+    return dict(train_images=images, unet_evals=evals)
 
 
-def candidates(paradigm: str, g: int, n: int, pool: int, fresh: int) -> int:
-    """How many images D_{g+1} is chosen from after generation g (the selection's input)."""
-    return paradigms.get(paradigm).candidate_count(g, n, pool) + fresh
-
-
-def generations(cfg, n: int, variant) -> list:
-    """Per generation of one variant: images trained, sampler evaluations, and candidates its
-    next training set is chosen from (None after the last)."""
-    lp, pool = cfg.loop, n * cfg.loop.pool_factor
-    evals = cfg.sample.steps * (2 if cfg.model.num_classes and cfg.sample.guidance != 1 else 1)
-    fresh = int(round(lp.fresh_fraction * n)) if paradigms.get(variant.paradigm).fresh else 0
-    out = []
-    for g in range(lp.generations):
-        size = paradigms.get(variant.paradigm).train_size(g, n, lp.pool_factor, variant.rule)
-        out.append(dict(generation=g, train_size=size,
-                        images_trained=train_lib.total_steps(cfg, size) * cfg.train.batch_size,
-                        sampler_evals=(pool + cfg.score.eval_n) * evals,
-                        candidates=None if g == lp.generations - 1 else
-                        candidates(variant.paradigm, g, n, pool, fresh)))
-    return out
-
-
-def _matmul_rate(dtype) -> float:
-    """Measured FLOP/s of a 2048^3 matmul on every local device, in `dtype`."""
+def unet_flops(cfg, graphdef, platform=None) -> float:
+    """FLOPs of one UNet evaluation of one image, from XLA's analysis of the lowered (not yet
+    optimized) program; a training image costs about 3x that (forward and backward)."""
     import jax.numpy as jnp
-    a = jnp.ones((2048, 2048), dtype)
+    from flax import nnx
+    r, c = cfg.data.resolution, cfg.data.channels
+    params = nnx.state(nnx.eval_shape(lambda: train_lib.make_model(cfg, 0, platform)))
+    y = jnp.zeros((1,), jnp.int32) if cfg.model.num_classes else None
+    fn = jax.jit(lambda p, x, t: nnx.merge(graphdef, p)(x, t, y))
+    lowered = fn.lower(params, jax.ShapeDtypeStruct((1, r, r, c), jnp.float32),
+                       jax.ShapeDtypeStruct((1,), jnp.int32))
+    return float(lowered.cost_analysis()['flops'])
+
+
+# A 2-core x86 CPU ran UNet48 at 0.22 (training) to 0.37 (sampling) of its dense matmul rate
+# (README, Benchmark); the budget check takes the lower figure.
+CPU_EFFICIENCY = 0.22
+
+
+def check_cpu_budget(cfg, engine, cost: dict, what: str) -> None:
+    """On the CPU, refuses work projected at more than a day, with one line that gives the
+    projection and the override (config force_cpu). Once per engine (the job's first check)."""
+    if jax.default_backend() != 'cpu' or cfg.force_cpu or engine.budget_checked:
+        return
+    engine.budget_checked = True
+    import jax.numpy as jnp
+    a = jnp.ones((1024, 1024), jnp.float32)
     mm = jax.jit(lambda a: a @ a)
     jax.block_until_ready(mm(a))
     t0 = time.perf_counter()
     for _ in range(3):
         jax.block_until_ready(mm(a))
-    return 3 * 2 * 2048 ** 3 / (time.perf_counter() - t0) * jax.local_device_count()
+    rate = 3 * 2 * 1024 ** 3 / (time.perf_counter() - t0) * jax.device_count()
+    flops = unet_flops(cfg, engine.graphdef) * (3 * cost['train_images'] + cost['unet_evals'])
+    hours = flops / (rate * CPU_EFFICIENCY) / 3600
+    need(hours <= 24, f'{what} is projected at {hours:,.0f} hours on this CPU '
+         f'({flops:.2g} FLOP at {rate * CPU_EFFICIENCY / 1e9:.0f} GFLOP/s, the JAX backend is '
+         "'cpu'); install the GPU or TPU jaxlib (README, Install), or set "
+         '--config.force_cpu=True to run it here anyway')
 
 
-def describe(cfg, mode: str, topology: str = '', mfu: float = 0.3) -> dict:
-    """The plan as one dict (see the module docstring)."""
-    runs = runs_of(cfg, mode)
-    if mode in ('calibrate', 'entropy'):  # one generation-0 model per run, eval_n samples
-        cfg = cfg.copy_and_resolve_references()
-        cfg.loop.generations = 1
-        samples = 1
-        if mode == 'calibrate':  # one run per N to the largest step count, sampled at each
-            steps = [int(v) for v in str(cfg.calibrate.steps).split(',')]
-            cfg.train.steps, samples = max(steps), len(steps)
-        work = dict(train_images=sum(train_lib.total_steps(cfg, n) * cfg.train.batch_size
-                                     for n, _, _ in runs),
-                    unet_evals=len(runs) * samples * cfg.score.eval_n * cfg.sample.steps)
-    else:
-        work = engine_lib.work(cfg, [(n, v) for n, _, v in runs])
-    flops_per_eval = engine_lib.unet_flops(cfg, train_lib.model_graph(cfg))
-    flops = flops_per_eval * (3 * work['train_images'] + work['unet_evals'])
-    backend = jax.default_backend()
-    dtype = engine_lib.runtime(cfg)['compute_dtype']
-    rate = _matmul_rate(dtype)
-    efficiency = engine_lib.CPU_EFFICIENCY if backend == 'cpu' else mfu
-    out = dict(mode=mode, missing=missing_files(cfg), runs=[dict(n=n, seed=s, variants=[v.label for v in vs],
-                                     generations=generations(cfg, n, vs[0]) if vs else [])
-                                for n, s, vs in runs],
-               per_variant={v.label: generations(cfg, n, v) for n, _, vs in runs[:1] for v in vs},
-               **work, flops_per_eval=flops_per_eval, flops=flops,
-               backend=dict(name=backend, devices=jax.device_count(),
-                            device_kind=jax.devices()[0].device_kind, compute_dtype=dtype,
-                            matmul_rate=rate, efficiency=efficiency,
-                            hours=flops / (rate * efficiency) / 3600))
-    if topology:
-        from collapse_jax import aot
-        devices, chip, chips = aot.topology(topology)
-        per_eval = engine_lib.unet_flops(cfg, train_lib.model_graph(cfg, 'tpu'), 'tpu')
-        out['topology'] = dict(name=topology, devices=len(devices), flops_per_eval=per_eval,
-                               **aot.project(cfg, per_eval, chip, chips, mfu))
-    return out
-
-
-def report(d: dict) -> str:
-    """The plan as the lines --dry_run prints."""
-    lines = [f"{d['mode']}: {len(d['runs'])} run(s)"]
-    for r in d['runs']:
-        lines.append(f"  N={r['n']} seed={r['seed']}: {', '.join(r['variants'])}")
-    lines.append('per generation of each variant (first run; generation 0 is trained once and '
-                 'shared by the variants of a run): train size, images trained, sampler '
-                 'evaluations, candidates the next training set is selected from')
-    for label, gens in d['per_variant'].items():
-        lines.append(f'  {label}:')
-        for g in gens:
-            lines.append(f"    gen {g['generation']}: {g['train_size']:,} | "
-                         f"{g['images_trained']:,} | {g['sampler_evals']:,} | "
-                         f"{'-' if g['candidates'] is None else format(g['candidates'], ',')}")
-    b = d['backend']
-    lines.append(f"total: {d['train_images']:.3g} images trained, {d['unet_evals']:.3g} UNet "
-                 f"evaluations, {d['flops_per_eval'] / 1e9:.3g} GFLOP per evaluation, "
-                 f"{d['flops']:.3g} FLOP (training counted 3x)")
-    lines.append(f"projected on this backend ({b['name']}: {b['devices']} x {b['device_kind']}, "
-                 f"{b['compute_dtype']}): {b['hours']:,.2f} hours at {b['efficiency']:.0%} of the "
-                 f"measured matmul rate ({b['matmul_rate'] / 1e9:,.0f} GFLOP/s)")
-    if 'topology' in d:
-        t = d['topology']
-        lines.append(f"projected on {t['name']} ({t['devices']} devices): {t['hours']:,.2f} hours "
-                     f"at {t['mfu']:.0%} MFU of the bf16 peak, {t['flops_per_eval'] / 1e9:.3g} "
-                     'GFLOP per evaluation (lowered for TPU)')
-    for m in d['missing']:
-        lines.append(f'to supply before a real run: {m}')
-    lines.append('nothing was written (--dry_run)')
-    return '\n'.join(lines)
+def study_cost(cfg) -> dict:
+    """The study's work (`work`) over every (N, seed) run and its variants: {'train_images',
+    'unet_evals'}. Divide by measured rates (python -m collapse_jax.bench) for a time."""
+    p = study_plan(cfg)
+    return work(cfg, [(n, p.variants_at(seed)) for n, seed in p.runs()])

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import os
 
 import numpy as np
 import matplotlib
@@ -283,3 +284,27 @@ def write_compare(out, runs):
                                     for k, v in runs.items()] + ['</ul>']
     _write_page(out.compare_html, 'collapse_jax: runs compared', ''.join(body))
     return out.compare_html
+
+
+def train_logger(rd, g):
+    """Generation g's progress lines -> rd's train_log.jsonl (appended; a resumed generation
+    first drops its rows from the resume step on, in one atomic rewrite) and TensorBoard: one
+    event run per generation (<run>/tb/gen_XXX), so that `tensorboard --logdir <workdir>`
+    overlays every generation of every variant. Returns on_log(step, metrics), with .close()."""
+    from tensorboardX import SummaryWriter
+    state = {}
+
+    def on_log(step, values):
+        if not state:
+            rows = files.read_jsonl(rd.train_log)
+            keep = [r for r in rows if r['generation'] != g or r['step'] < step]
+            if keep != rows or not files.exists(rd.train_log):
+                files.save_jsonl(rd.train_log, keep)
+            state['tb'] = SummaryWriter(os.path.join(rd.tensorboard, f'gen_{g:03d}'),
+                                        flush_secs=10)
+        files.append_jsonl(rd.train_log, dict(generation=g, step=step, **values))
+        for k, v in values.items():
+            state['tb'].add_scalar(f'train/{k}', v, step)
+        state['tb'].flush()
+    on_log.close = lambda: state['tb'].close() if state else None
+    return on_log

@@ -9,6 +9,7 @@ lowest index. Float features run in float64 (float32 on TPU); each record says w
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import numpy as np
@@ -53,8 +54,8 @@ def _place(x, devices):
     if len(devices) == 1:
         return x, None
     x = jnp.pad(x, ((0, (-x.shape[0]) % len(devices)), (0, 0)))
-    mesh = jax.sharding.Mesh(np.asarray(devices), ('c',))
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('c'))
+    mesh = parallel.local_mesh(devices)
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(parallel.ROWS))
     return jax.device_put(x, split), mesh
 
 
@@ -86,16 +87,16 @@ def _take(x, idx, mesh):
     acc = jnp.int32 if jnp.issubdtype(x.dtype, jnp.integer) else x.dtype
 
     def local(xl, idx):
-        li = idx - jax.lax.axis_index('c') * xl.shape[0]
+        li = idx - jax.lax.axis_index(parallel.ROWS) * xl.shape[0]
         own = (li >= 0) & (li < xl.shape[0])
         rows = xl[jnp.clip(li, 0, xl.shape[0] - 1)].astype(acc)
-        return jax.lax.psum(jnp.where(own[:, None], rows, 0), 'c')
-    return jax.shard_map(local, mesh=mesh, in_specs=(P('c'), P()), out_specs=P(),
+        return jax.lax.psum(jnp.where(own[:, None], rows, 0), parallel.ROWS)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(parallel.ROWS), P()), out_specs=P(),
                          check_vma=False)(x, idx).astype(x.dtype)
 
 
 @partial(jax.jit, static_argnames=('n', 'mesh', 'block', 'top'))
-def _greedy(x, n, first, valid, mesh=None, block: int = 32, top: int = 32):
+def greedy_loop(x, n, first, valid, mesh=None, block: int = 32, top: int = 32):
     """Farthest-point traversal with lazy updates. The exact rule needs each pick's distance to
     every point, an n x d pass per pick that memory bandwidth bounds. Instead, every point keeps
     an upper bound `ub` of its distance to the chosen set (exact up to the last full update);
@@ -159,7 +160,7 @@ def greedy_select(features, n: int, first: int = 0, devices=None) -> np.ndarray:
         raise ValueError(f'greedy_select: n={n}; allowed 1..{x.shape[0]}')
     with _x64(x):
         xd, mesh = _place(x, devices)
-        return np.asarray(_greedy(xd, n, jnp.int32(first), jnp.int32(len(x)), mesh))
+        return np.asarray(greedy_loop(xd, n, jnp.int32(first), jnp.int32(len(x)), mesh))
 
 
 @partial(jax.jit, static_argnames=('n', 'mesh', 'block'))
@@ -262,10 +263,21 @@ class Rule:
     """
     name = ''
     uses_distances = False
+    kw = {}  # the parameters `configured` set
 
     def params(self, paradigm: str, space: str, lp) -> dict:
         """The rule's parameters for a paradigm, in a space, from the loop config section."""
         return {}
+
+    def configured(self, paradigm: str, space: str, lp) -> 'Rule':
+        """This rule with its parameters for a paradigm and space (`params`) set."""
+        bound = copy.copy(self)
+        bound.kw = self.params(paradigm, space, lp)
+        return bound
+
+    def __call__(self, features, n: int, seed: int):
+        """`pick` with the configured parameters."""
+        return self.pick(features, n, seed=seed, **self.kw)
 
     def pick(self, features, n: int, *, seed: int, **params):
         """(indices of n candidates, what the rule records)."""

@@ -1,5 +1,5 @@
 """The study's figures, table.md, results.json and results.csv, drawn from its finished runs
-(study.collect); `draw` is rerun by every `--mode=study` and may be called alone."""
+(collect); `draw` is rerun by every `--mode=study` and may be called alone."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ import logging
 import numpy as np
 
 from collapse_jax import files, layout, metrics, paradigms, report, tables
-from collapse_jax.study import collect, plan_of
+from collapse_jax.plan import StudyPlan, study_plan
 
 log = logging.getLogger('collapse_jax')
 
@@ -284,7 +284,7 @@ def _write_results(sd, runs, results):
 
 def draw(cfg, workdir):
     import matplotlib.pyplot as plt
-    p, sd = plan_of(cfg), layout.StudyDir(workdir)
+    p, sd = study_plan(cfg), layout.StudyDir(workdir)
     runs = collect(p, workdir)
     if not runs:
         raise FileNotFoundError(f'{workdir}: no finished study runs to draw')
@@ -318,3 +318,14 @@ def draw(cfg, workdir):
              sd.figures, r, len(pts))
     print(json.dumps(dict(figures=sd.figures, pearson_entropy_log_gs=r)))
     return results
+
+
+def collect(p: StudyPlan, workdir):
+    """{(n, seed, 'paradigm/selection'): [records]} of the finished runs."""
+    out, sd = {}, layout.StudyDir(workdir)
+    for n, seed in p.runs():
+        for v in p.variants_at(seed):
+            rd = sd.run(n, seed, v)
+            if files.exists(rd.metrics):
+                out[(n, seed, v.label)] = rd.records()
+    return out

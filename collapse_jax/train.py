@@ -34,7 +34,8 @@ def compute_dtype(cfg, platform: str | None = None) -> str:
     return 'float32' if (platform or jax.default_backend()) == 'cpu' else 'bfloat16'
 
 
-def _make_model(cfg, seed, platform=None):
+def make_model(cfg, seed, platform=None):
+    """The configured UNet, weights from `seed` (aot.py and the FLOP count build it abstractly)."""
     return unet.make_unet(cfg.model.preset, in_channels=cfg.data.channels,
                           layers_per_block=cfg.model.layers_per_block,
                           num_classes=cfg.model.num_classes,
@@ -44,13 +45,13 @@ def _make_model(cfg, seed, platform=None):
 
 def model_graph(cfg, platform: str | None = None):
     """The UNet's graph, with no weights made (every run supplies its own)."""
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: _make_model(cfg, 0, platform)))
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, 0, platform)))
     return graphdef
 
 
 def init_params(cfg):
     """The run's initial weights, from its own seed (streams 'init')."""
-    _, state = nnx.split(_make_model(cfg, streams.jax_key(cfg.seed, 'init')))
+    _, state = nnx.split(make_model(cfg, streams.jax_key(cfg.seed, 'init')))
     return nnx.to_pure_dict(state)
 
 

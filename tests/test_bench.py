@@ -55,7 +55,7 @@ def test_reference_torch_loop_equals_ours():
 
 
 def test_projects_the_paper_scale_study_from_measured_rates():
-    from collapse_jax import study
+    from collapse_jax import plan
     from configs import study_cifar10
     rows = [dict(name='train step UNet48 32x32x3 batch=8', value=50.0),
             dict(name='train step UNet48 32x32x3 batch=128', value=200.0),
@@ -63,7 +63,7 @@ def test_projects_the_paper_scale_study_from_measured_rates():
             dict(name='sampler UNet48 32x32x3 steps=20 batch=4', value=3.0, unet_evals_per_s=60.0)]
     assert bench.project_study(rows[:1] + rows[2:3]) is None  # no UNet48 sampler rate
     r = bench.project_study(rows)
-    c = study.cost(study_cifar10.get_config())
+    c = plan.study_cost(study_cifar10.get_config())
     assert r['unit'] == 'hours' and r['train_images'] == c['train_images'] == 2_818_048_000
     assert r['value'] == pytest.approx((c['train_images'] / 200 + c['unet_evals'] / 60) / 3600)
 

@@ -6,7 +6,7 @@ import os
 import ml_collections
 import pytest
 
-from collapse_jax import calibrate
+from collapse_jax import calibrate, plan
 from helpers import tiny
 
 
@@ -54,5 +54,5 @@ def test_headline_is_the_smallest_generalizing_n_whose_quarter_copies():
 
 def test_bad_calibrate_section_is_one_line():
     cfg = toy_cfg(ns='64,abc')
-    with pytest.raises(ValueError, match="calibrate.ns='64,abc'; allowed: positive integers"):
-        calibrate.plan_of(cfg)
+    with pytest.raises(ValueError, match="calibrate.ns='64,abc'; allowed: integers >= 1"):
+        plan.calibrate_plan(cfg)

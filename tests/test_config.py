@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import default
-from collapse_jax import loop
+from collapse_jax import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,12 +62,12 @@ def test_every_field_is_covered():
 @pytest.mark.parametrize('field', sorted(OUT_OF_RANGE))
 def test_out_of_range_is_one_line_naming_the_field(field):
     cfg = default.get_config()
-    loop.validate(cfg)  # the defaults themselves pass
+    plan.validate(cfg)  # the defaults themselves pass
     for other, value in NEEDS.get(field, {}).items():
         assign(cfg, other, value)
     assign(cfg, field, OUT_OF_RANGE[field])
     with pytest.raises(ValueError) as e:
-        loop.validate(cfg)
+        plan.validate(cfg)
     msg = str(e.value)
     assert '\n' not in msg and re.search(rf'(^|[^\w.]){re.escape(field)}\b', msg), msg
 
@@ -76,7 +76,7 @@ def test_several_steps_a_call_need_the_device_feed():
     cfg = default.get_config()
     cfg.train.update(feed='host', steps_per_call=4)
     with pytest.raises(ValueError, match="train.steps_per_call=4 needs train.feed='device'"):
-        loop.validate(cfg)
+        plan.validate(cfg)
 
 
 @pytest.mark.parametrize('field', sorted(TYPE_ONLY))

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from collapse_jax import entropy, knn_entropy
+from collapse_jax import entropy, knn_entropy, plan
 from helpers import tiny
 
 
@@ -41,7 +41,7 @@ def test_a_bad_entropy_section_names_its_field():
         cfg = toy()
         cfg.entropy[field] = value
         with pytest.raises(ValueError, match=words):
-            entropy.plan_of(cfg)
+            plan.entropy_plan(cfg)
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from collapse_jax import loop, paradigms, selection
+from collapse_jax import loop, paradigms, plan, selection
 from collapse_jax.engine import Engine
+from collapse_jax.store import REAL, ArrayStore, Source
 from collapse_jax import train as train_lib
 from helpers import crash_once, run_one, strip, tiny
 
@@ -210,29 +211,29 @@ def test_validation_names_the_field():
         cfg = tiny()
         cfg.loop[field] = value
         with pytest.raises(ValueError, match=match):
-            loop.validate(cfg)
+            plan.validate(cfg)
     cfg = tiny()
     cfg.data.resolution = 6
     with pytest.raises(ValueError, match='data.resolution=6'):
-        loop.validate(cfg)
+        plan.validate(cfg)
     cfg = tiny()
     cfg.train.batch_size = 6
     with pytest.raises(ValueError, match='divisible by the device count'):
-        loop.validate(cfg)
+        plan.validate(cfg)
     cfg = tiny()
     cfg.data.n = 5000
     with pytest.raises(ValueError, match='exceeds the 1797 images'):
-        loop.validate(cfg, dataset_size=1797)
+        plan.validate(cfg, dataset_size=1797)
     cfg = tiny()
     cfg.score.feature_space = 'inception'
     with pytest.raises(ValueError, match="score.feature_space='inception' needs features.inception"):
-        loop.validate(cfg)
+        plan.validate(cfg)
     cfg.features.inception = '/nope/pt_inception.pth'
     with pytest.raises(ValueError, match="features.inception='/nope/pt_inception.pth': no such"):
-        loop.validate(cfg)
+        plan.validate(cfg)
     cfg = tiny(feature_space='clip')
     with pytest.raises(ValueError, match="loop.feature_space='clip'; allowed: pixel, digits"):
-        loop.validate(cfg)
+        plan.validate(cfg)
 
 
 @pytest.mark.slow
@@ -365,28 +366,27 @@ def test_class_conditional_guided_loop_keeps_labels(tmp_path):
 def test_experiment_configs_validate():
     from configs import cfg_mnist, quick_cpu
     for mod in (quick_cpu, cfg_mnist):
-        variants = loop.sweep_configs(mod.get_config(), '/unused')
+        variants = plan.sweep_configs(mod.get_config(), '/unused')
         assert len(variants) >= 2
     c = cfg_mnist.get_config()
     assert c.model.num_classes == 10 and c.sample.guidance == 2.0
     from configs import cifar10_paper, study_cifar10, study_cpu
-    from collapse_jax import study
     s = study_cpu.get_config()
-    p = study.plan_of(s)
+    p = plan.study_plan(s)
     assert p.runs() == [(256, 0), (256, 1)] and s.loop.generations == 5
     # held-out replicas of >= 1,000 images under greedy, and the real data holds every part
     assert s.score.eval_n // (s.loop.pool_factor * 256) * 256 >= 1000
     assert 256 + 2 * s.score.fd_n + max(256, s.score.eval_n) <= 5000
     for n, seed, _ in p.passes():  # every (N, seed) x variant of the CPU study is valid
         s.data.n, s.sweep = n, ','.join(f'{a}:{b}' for a, b in p.variants_at(seed))
-        assert len(loop.sweep_configs(s, '/unused')) == (3 if seed == 0 else 2)
+        assert len(plan.sweep_configs(s, '/unused')) == (3 if seed == 0 else 2)
     big = study_cifar10.get_config()  # the paper's schedule: epochs x N / batch fixed
     assert big.train.steps == 500 * 32768 // 128 == 8000 * 2048 // 128
     assert big.study.variants == big.sweep and big.study.headline_n == 32768
     assert 'accumulate_subsample:none' in big.sweep and 'accumulate:none' not in big.sweep
     for mod in (cifar10_paper, study_cifar10):  # the paper's spaces need the user's weights
         with pytest.raises(ValueError, match="loop.feature_space='dinov2' needs features.dinov2"):
-            loop.sweep_configs(mod.get_config(), '/unused')
+            plan.sweep_configs(mod.get_config(), '/unused')
 
 
 @pytest.mark.slow
@@ -412,8 +412,10 @@ def test_each_pool_is_featurized_once_across_generations(tmp_path, engine, monke
                                       real_call(features.get('digits'), pool))
     # generation 2's training set, rebuilt with the candidates featurized afresh: the same
     r = loop.Run(cfg, str(tmp_path), engine)
-    sources = {'real': r.real.d0(), 'S0': (pools[0], None), 'S1': (pools[1], None)}
+    store = ArrayStore({REAL: r.real.d0(), Source.pool(0): pools[0], Source.pool(1): pools[1]},
+                       n=cfg.data.n, pool_size=2 * cfg.data.n, featurize=features.get('digits'))
     fresh = paradigms.next_training_set(
-        cfg.loop, 1, cfg.data.n, sources, rng=loop.streams.numpy_rng(cfg.seed, 'candidates', 1),
-        seed=loop.streams.numpy_seed(cfg.seed, 'selection', 1), featurize=features.get('digits'))
+        *paradigms.of_config(cfg.loop), 1, store,
+        rng=loop.streams.numpy_rng(cfg.seed, 'candidates', 1),
+        seed=loop.streams.numpy_seed(cfg.seed, 'selection', 1))
     np.testing.assert_array_equal(fresh.images, np.load(tmp_path / 'gen_002' / 'train_images.npy'))

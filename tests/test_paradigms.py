@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from collapse_jax import files, paradigms, selection
+from collapse_jax.store import ArrayStore, Source
 from helpers import run_one, tiny
 
 
@@ -48,9 +49,9 @@ def test_a_rule_that_reads_no_distances_gets_a_heldout_set_at_n():
     assert paradigms.get('replace').pool_size_matters('greedy')
     assert paradigms.get('accumulate').pool_size_matters('none')  # it mixes whole pools
     assert not paradigms.get('accumulate_subsample').pool_size_matters('none')
-    draws = {'S0': np.zeros((64, 8, 8, 1), np.uint8)}
-    held, why = paradigms.heldout_set(lp, 0, 16, draws, None, rng=np.random.default_rng(0),
-                                      featurize=lambda x: x.reshape(len(x), -1))
+    draws = ArrayStore({Source.pool(0): np.zeros((64, 8, 8, 1), np.uint8)}, n=16, pool_size=32)
+    held, why = paradigms.heldout_set(*paradigms.of_config(lp), 0, draws,
+                                      rng=np.random.default_rng(0))
     assert held.shape[0] == 64 and '4 independent replica(s)' in why
     assert Every.name not in selection.RULES  # defining a subclass registers nothing
 

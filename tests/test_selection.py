@@ -3,6 +3,9 @@ import pytest
 
 from collapse_jax import paradigms, selection
 from collapse_jax import greedy_select, knn_entropy, threshold_select
+from collapse_jax.store import REAL, ArrayStore, Source
+
+S0 = Source.pool(0)
 
 
 def naive_greedy(x, n, first):
@@ -85,9 +88,9 @@ def test_greedy_raises_entropy_over_random():
 ])
 def test_paradigm_candidate_sets(paradigm, g, expected):
     cands = paradigms.get(paradigm).candidates(g, 20, 40, np.random.default_rng(0))
-    assert {s: len(rows) for s, rows in cands} == expected
+    assert {s.name: len(rows) for s, rows in cands} == expected
     for s, rows in cands:
-        assert len(set(rows)) == len(rows) and rows.max() < (20 if s == 'real' else 40)
+        assert len(set(rows)) == len(rows) and rows.max() < (20 if s == REAL else 40)
     if paradigm in ('replace', 'fresh'):
         assert sorted(cands[0][1]) == list(range(40))  # the whole pool, shuffled
 
@@ -183,56 +186,56 @@ def test_next_training_set_on_plain_arrays(paradigm, rule):
     rng = np.random.default_rng(0)
     n, g = 20, 1
     real = rng.integers(0, 256, (n, 4, 4, 1), np.uint8)
-    pools = {f'S{i}': rng.integers(0, 256, (2 * n, 4, 4, 1), np.uint8) for i in range(g + 1)}
-    sources = {s: (real if s == 'real' else pools[s], None)
-               for s in paradigms.get(paradigm).sources(g)}
-    fresh = (real[:2], None, np.arange(2)) if paradigm == 'fresh' else None
+    pools = {Source.pool(i): rng.integers(0, 256, (2 * n, 4, 4, 1), np.uint8)
+             for i in range(g + 1)}
+    store = ArrayStore({REAL: real, **pools}, n=n, pool_size=2 * n, featurize=flat,
+                       fresh=(real[:2], None, np.arange(2)) if paradigm == 'fresh' else None)
     lp = loop_section(paradigm, rule, tau=300.0)
-    d = paradigms.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
-                                    featurize=flat, fresh=fresh)
+    d = paradigms.next_training_set(*paradigms.of_config(lp), g, store,
+                                    rng=np.random.default_rng(1), seed=2)
     size = n + (g + 1) * 2 * n if (paradigm, rule) == ('accumulate', 'none') else n
     assert len(d.images) == len(d.source) == len(d.index) == d.info['n'] == size
     for s, i, img in zip(d.source, d.index, d.images):  # every image is the row it names
-        src = real if s in (-1, -2) else pools[f'S{s}']
+        src = real if s in (-1, -2) else pools[Source.pool(s)]
         np.testing.assert_array_equal(img, src[i])
     assert (d.source == -2).sum() == (2 if paradigm == 'fresh' else 0)
     if paradigm == 'replace':
         assert set(d.source.tolist()) == {g}  # S_g alone
         rows = paradigms.get(paradigm).candidates(g, n, 2 * n, np.random.default_rng(1))[0][1]
         params = selection.get(rule).params(paradigm, 'pixel', lp)
-        picks = selection.select(rule, flat(pools['S1'][rows]), n, seed=2, **params)[0]
+        picks = selection.select(rule, flat(pools[Source.pool(1)][rows]), n, seed=2, **params)[0]
         np.testing.assert_array_equal(d.index, rows[picks])  # the rule's picks, in its order
     # the same call is deterministic in its streams
-    again = paradigms.next_training_set(lp, g, n, sources, rng=np.random.default_rng(1), seed=2,
-                                        featurize=flat, fresh=fresh)
+    again = paradigms.next_training_set(*paradigms.of_config(lp), g, store,
+                                        rng=np.random.default_rng(1), seed=2)
     np.testing.assert_array_equal(again.images, d.images)
 
 
 def test_heldout_set_reads_only_fresh_draws_at_the_training_sets_own_sizes():
     rng = np.random.default_rng(0)
     n = 16
-    draws = {'S0': rng.normal(size=(100, 5))}
+    e0 = rng.normal(size=(100, 5))
+
+    def held(paradigm, rule, draws):
+        lp = loop_section(paradigm, rule)
+        return paradigms.heldout_set(*paradigms.of_config(lp), 0, ArrayStore(
+            draws, n=n, pool_size=2 * n, featurize=flat), rng=np.random.default_rng(1))
     # none: i.i.d. picks at any size, so replicas of N from N draws use every whole block
-    h, what = paradigms.heldout_set(loop_section('replace', 'none'), 0, n, draws, None,
-                                    rng=np.random.default_rng(1), featurize=flat)
+    h, what = held('replace', 'none', {S0: e0})
     assert len(h) == 96 and what.startswith('6 independent replica')
-    assert sorted(map(tuple, h)) == sorted(map(tuple, draws['S0'][:96]))
+    assert sorted(map(tuple, h)) == sorted(map(tuple, e0[:96]))
     # greedy: each replica is greedy on its own block of 2N draws, N picked
-    h, what = paradigms.heldout_set(loop_section('replace', 'greedy'), 0, n, draws, None,
-                                    rng=np.random.default_rng(1), featurize=flat)
+    h, what = held('replace', 'greedy', {S0: e0})
     assert len(h) == 48 and 'from 32 draws' in what
     for j in range(3):
-        block = draws['S0'][32 * j:32 * (j + 1)]
+        block = e0[32 * j:32 * (j + 1)]
         rep = h[16 * j:16 * (j + 1)]
         assert all(any(np.array_equal(r, b) for b in block) for r in rep)
         assert knn_entropy(rep) > knn_entropy(block[:16])  # spread out
     # accumulate needs N held-out real per replica; too few draws give none, with the reason
-    real = rng.normal(size=(20, 5))
-    h, what = paradigms.heldout_set(loop_section('accumulate', 'greedy'), 0, n, draws, real,
-                                    rng=np.random.default_rng(1), featurize=flat)
+    h, what = held('accumulate', 'greedy', {S0: e0, REAL: rng.normal(size=(20, 5))})
     assert len(h) == 16 and what.endswith('and held-out real')
-    h, what = paradigms.heldout_set(loop_section('replace', 'greedy'), 0, n,
-                                    {'S0': draws['S0'][:31]}, None, rng=rng, featurize=flat)
+    h, what = held('replace', 'greedy', {S0: e0[:31]})
     assert h is None and 'no replica of 32 draws' in what
 
 
@@ -249,18 +252,21 @@ def test_heldout_replicas_are_a_null_for_a_model_of_its_training_law(rule):
     selected training set's law."""
     from collapse_jax import scoring
     n, d, trials = 32, 32, 12
-    lp = loop_section('replace', rule, tau=10.0)
+    paradigm, configured = paradigms.of_config(loop_section('replace', rule, tau=10.0))
     rng = np.random.default_rng(0)
+
+    def store(draws):
+        return ArrayStore({S0: draws}, n=n, pool_size=2 * n, featurize=flat)
 
     def built(reps):  # reps independent D_{g+1}'s, each from its own pool of 2N draws
         return np.concatenate([paradigms.next_training_set(
-            lp, 0, n, {'S0': (rng.normal(size=(2 * n, d)), None)}, rng=rng,
-            seed=int(rng.integers(2 ** 31)), featurize=flat).images for _ in range(reps)])
+            paradigm, configured, 0, store(rng.normal(size=(2 * n, d))), rng=rng,
+            seed=int(rng.integers(2 ** 31))).images for _ in range(reps)])
     aucs, shares, unselected, pool_law = [], [], [], []
     for _ in range(trials):
         d_next, model = built(1), built(8)
-        held, _ = paradigms.heldout_set(lp, 0, n, {'S0': rng.normal(size=(16 * n, d))}, None,
-                                        rng=rng, featurize=flat)
+        held, _ = paradigms.heldout_set(paradigm, configured, 0,
+                                        store(rng.normal(size=(16 * n, d))), rng=rng)
         d_model = scoring.nearest_train(model, d_next)[1]
         s = scoring.copy_statistics(d_model, scoring.nearest_train(held, d_next)[1], reps=0)
         aucs.append(s['copy_auc'])

@@ -41,7 +41,7 @@ def test_initial_weights_draw_no_key_another_stream_uses():
     bare = nnx.Rngs(0)  # what the weights drew before: the train stream's root
     assert bits(bare.params()) == bits(jax.random.fold_in(jax.random.key(0), 0))
     cfg = tiny()
-    want = train._make_model(cfg, streams.jax_key(cfg.seed, 'init'))
+    want = train.make_model(cfg, streams.jax_key(cfg.seed, 'init'))
     got = train.init_params(cfg)
     np.testing.assert_array_equal(jax.tree.leaves(got)[0],
                                   jax.tree.leaves(nnx.to_pure_dict(nnx.state(want)))[0])

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from collapse_jax import study, study_report
+from collapse_jax import plan, study, study_report
 from helpers import fake_run, tiny
 
 VARIANTS = 'replace:none,accumulate:greedy'
@@ -27,7 +27,7 @@ def labels(variants):
 def test_later_seeds_may_run_a_subset_of_the_variants():
     cfg = toy(seeds='0,1')
     cfg.study.seed_variants = 'replace:none'
-    p = study.plan_of(cfg)
+    p = plan.study_plan(cfg)
     assert labels(p.variants_at(0)) == 'replace/none,accumulate/greedy'
     assert labels(p.variants_at(1)) == 'replace/none'
 
@@ -35,26 +35,26 @@ def test_later_seeds_may_run_a_subset_of_the_variants():
 def test_the_variants_every_seed_runs_go_first_at_every_seed():
     cfg = toy(seeds='0,1')
     cfg.study.seed_variants = 'replace:none'
-    order = [(n, seed, labels(vs)) for n, seed, vs in study.plan_of(cfg).passes()]
+    order = [(n, seed, labels(vs)) for n, seed, vs in plan.study_plan(cfg).passes()]
     every = 'replace/none,accumulate/greedy'
     assert order == [(16, 0, 'replace/none'), (24, 0, 'replace/none'), (16, 1, 'replace/none'),
                      (16, 0, every), (24, 0, every)]
-    assert [(n, s) for n, s, _ in order[:3]] == study.plan_of(cfg).runs()
+    assert [(n, s) for n, s, _ in order[:3]] == plan.study_plan(cfg).runs()
     for bad in ('accumulate:greedy', 'replace:greedy'):  # must start with the first; a subset
         cfg.study.seed_variants = bad
         with pytest.raises(ValueError, match='study.seed_variants=.*subset of study.variants'):
-            study.plan_of(cfg)
+            plan.study_plan(cfg)
 
 
 def test_runs_every_size_with_the_first_seed_and_every_seed_at_the_headline_size():
-    assert study.plan_of(toy(ns='32,64,128', seeds='0,1,2', headline=64)).runs() == [
+    assert plan.study_plan(toy(ns='32,64,128', seeds='0,1,2', headline=64)).runs() == [
         (32, 0), (64, 0), (128, 0), (64, 1), (64, 2)]
 
 
 @pytest.mark.slow
 def test_draws_figures_and_results_from_finished_runs(tmp_path):
     cfg = toy()
-    for n, seed in study.plan_of(cfg).runs():
+    for n, seed in plan.study_plan(cfg).runs():
         for i, item in enumerate(VARIANTS.split(',')):
             fake_run(str(tmp_path / f'N{n}_seed{seed}' / item.replace(':', '_')),
                      *item.split(':'), seed=n + 10 * seed + i)
@@ -131,17 +131,17 @@ def test_cost_counts_every_training_and_sampler_call_by_hand():
     steps = {16: [4] + [4, 12] + [4, 20], 24: [6] + [6, 18] + [6, 30]}
     # each sampling: the 2N pool and the 32-image evaluation sample, 5 steps each
     evals = 5 * 5 * (2 * (16 + 24 + 16) + 3 * 32)
-    assert study.cost(cfg) == dict(train_images=8 * sum(sum(steps[n]) for n in (16, 24, 16)),
+    assert plan.study_cost(cfg) == dict(train_images=8 * sum(sum(steps[n]) for n in (16, 24, 16)),
                                    unet_evals=evals)
     cfg.model.num_classes, cfg.sample.guidance = 10, 2.0  # guidance: two evaluations per step
-    assert study.cost(cfg)['unet_evals'] == 2 * evals
+    assert plan.study_cost(cfg)['unet_evals'] == 2 * evals
     cfg.study.seed_variants = 'replace:none'  # seed 1 runs one variant: 1 + 2 gens, not 1 + 2 x 2
     cfg.model.num_classes = 0
-    assert study.cost(cfg)['unet_evals'] == evals - 5 * 2 * (2 * 16 + 32)
+    assert plan.study_cost(cfg)['unet_evals'] == evals - 5 * 2 * (2 * 16 + 32)
 
 
 def test_a_bad_study_list_names_its_field(tmp_path):
-    with pytest.raises(ValueError, match=r"study.ns='64,abc'; allowed: comma-separated integers"):
-        study.plan_of(toy(ns='64,abc'))
+    with pytest.raises(ValueError, match=r"study.ns='64,abc'; allowed: integers >= 1, comma-separated"):
+        plan.study_plan(toy(ns='64,abc'))
     with pytest.raises(ValueError, match=r"study.seeds='x'; allowed"):
-        study.plan_of(toy(seeds='x'))
+        plan.study_plan(toy(seeds='x'))

@@ -9,7 +9,7 @@ that is installed (requirements-bench.txt), in one run so that ratios are side b
   sampler   ancestral sampler images/s; peer: diffusers DDPMPipeline with the same UNet
   train     train-step images/s; peer: a PyTorch loop with diffusers' UNet, AdamW, clipping
 With UNet48 training and sampling both measured, it projects the paper-scale study's time
-(configs/study_cifar10.py, study.cost) at those rates. Prints a table and writes one JSON object per measurement. Times are the best of a few runs
+(configs/study_cifar10.py, plan.study_cost) at those rates. Prints a table and writes one JSON object per measurement. Times are the best of a few runs
 after a warm-up (compilation excluded and reported apart).
 """
 from __future__ import annotations
@@ -273,16 +273,16 @@ def bench_train(rows, preset, batch):
 
 def project_study(rows, config='study_cifar10'):
     """The paper-scale study's time on this machine (one device), from the UNet48 train and
-    sampler rates measured in this run (the fastest batch of each) and study.cost."""
+    sampler rates measured in this run (the fastest batch of each) and plan.study_cost."""
     import importlib
-    from collapse_jax import study
+    from collapse_jax import plan
     pick = lambda prefix, key: max((r[key] for r in rows if r['name'].startswith(prefix)),  # noqa
                                    default=None)
     train_ips, evals_ps = pick('train step UNet48', 'value'), pick('sampler UNet48',
                                                                   'unet_evals_per_s')
     if not (train_ips and evals_ps):
         return None
-    c = study.cost(importlib.import_module(f'configs.{config}').get_config())
+    c = plan.study_cost(importlib.import_module(f'configs.{config}').get_config())
     hours = (c['train_images'] / train_ips + c['unet_evals'] / evals_ps) / 3600
     return record(rows, f'{config} projected, 1 device', hours, 'hours', **c,
                   train_img_per_s=train_ips, unet_evals_per_s=evals_ps)

@@ -165,12 +165,12 @@ def _mfu(rows, flop_rate, dtype, measured):
 
 
 def sampler(rows, z, measured, dtypes=('bfloat16', 'float32'), batches=None):
-    from collapse_jax import diffusion, engine, parallel, train
+    from collapse_jax import diffusion, parallel, plan, train
     mesh = parallel.make_mesh()
     for dtype in dtypes:
         cfg = _config(z, dtype)
         graphdef, params = train.model_graph(cfg), train.init_params(cfg)
-        flops = engine.unet_flops(cfg, graphdef)
+        flops = plan.unet_flops(cfg, graphdef)
         steps = z['sample_steps']
         fn = diffusion.make_sampler(
             graphdef, diffusion.sampler_coefficients(diffusion.alphas_cumprod(cfg), steps),
@@ -189,7 +189,7 @@ def train_steps(rows, z, measured, cases=None):
     """The train step as Engine.train runs it: fed from the host (rows gathered in NumPy and sent
     each step), from the device (D_g on the device, the batch gathered there), and from the
     device with train_scan steps a call (lax.scan)."""
-    from collapse_jax import diffusion, engine, parallel, train
+    from collapse_jax import diffusion, parallel, plan, train
     mesh, per_call = parallel.make_mesh(), z['train_scan']
     for dtype, b in cases or [(d, b) for d in ('bfloat16', 'float32') for b in z['train_batches']]:
         data = np.random.default_rng(0).integers(0, 256, (8 * b, z['res'], z['res'], 3),
@@ -202,7 +202,7 @@ def train_steps(rows, z, measured, cases=None):
             cfg = _config(z, dtype, b)
             cfg.train.feed = feed
             graphdef = train.model_graph(cfg)
-            flops = flops or 3 * engine.unet_flops(cfg, graphdef)  # per image, fwd + bwd
+            flops = flops or 3 * plan.unet_flops(cfg, graphdef)  # per image, fwd + bwd
             tx = train.make_optimizer(cfg, 1000)
             step = train.make_train_step(graphdef, tx, diffusion.alphas_cumprod(cfg), cfg,
                                          mesh, k)
