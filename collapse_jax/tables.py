@@ -18,6 +18,7 @@ import re
 import sys
 
 from collapse_jax import files
+from collapse_jax.data import need
 
 GEN = ('gen', '{generation}')
 INTERVAL = '{{{0}:.3f}} [{{{0}_lo:.3f}}, {{{0}_hi:.3f}}]'
@@ -52,6 +53,7 @@ COLUMNS = {
                 ('calibrated share (null)',
                  '{memorization_calibrated:.3f} ({memorization_calibrated_null:.3f})'),
                 ('GS, L2 (null)', '{gs_l2:.2f} ({gs_l2_null:.2f})'),
+                ("H's median L2 to D", '{copy_heldout_median:.0f}'),
                 ('D near-copy share', '{train_near_copy_share:.3f}'),
                 ('FD (floor)', '{fd:.1f} ({fd_floor:.1f})'),
                 ('recognizable', '{recognizable:.2f}')],
@@ -124,8 +126,10 @@ def study_tables(results: dict) -> str:
                      for c in ('absolute', 'relative', 'fidelity'))
 
 
-BLOCK = re.compile(r'(<!-- table (\S+) (\S+) (\S+)((?: \w+=\S+)*) -->\n)(.*?)(<!-- end table -->)',
-                   re.S)
+# a block's body never holds another block's start, so a block without its end line is an error
+# (`fill`), not a match that swallows the text up to the next block's end
+BLOCK = re.compile(r'(<!-- table (\S+) (\S+) (\S+)((?: \w+=\S+)*) -->\n)'
+                   r'((?:(?!<!-- table ).)*?)(<!-- end table -->)', re.S)
 
 
 def fill(text: str) -> str:
@@ -138,6 +142,10 @@ def fill(text: str) -> str:
             cache[path] = files.read_json(path)
         kw = dict(p.split('=') for p in params.split())
         return m.group(1) + variant_table(cache[path], variant, columns, **kw) + m.group(7)
+    ended = {m.start() for m in BLOCK.finditer(text)}
+    for m in re.finditer(r'<!-- table .*? -->', text):
+        need(m.start() in ended, f'line {text.count(chr(10), 0, m.start()) + 1}: no '
+             f'"<!-- end table -->" closes the table block {m.group(0)}')
     return BLOCK.sub(one, text)
 
 
@@ -150,7 +158,11 @@ def main(argv) -> int:
     stale = []
     for path in paths:
         text = open(path, encoding='utf-8').read()
-        new = fill(text)
+        try:
+            new = fill(text)
+        except ValueError as e:
+            print(f'error: {path}: {e}', file=sys.stderr)
+            return 2
         if new != text:
             stale.append(path)
             if not check:

@@ -67,3 +67,21 @@ def test_blocks_are_regenerated_and_the_docs_are_current(tmp_path, monkeypatch):
     assert 'old' not in text and '| 2 | 102 / 103 |' in text
     monkeypatch.chdir(ROOT)  # every generated table in the docs equals its results.json
     assert tables.main(['--check', 'docs/RESULTS.md']) == 0
+
+
+def test_a_block_without_its_end_line_is_an_error_not_a_swallow(tmp_path):
+    import json
+    res = tmp_path / 'r.json'
+    rows = [dict(n=256, parents=8, seed=0, train_entropy=1.0, copy_auc=0.4, copy_auc_lo=0.3,
+                 copy_auc_hi=0.5)]
+    res.write_text(json.dumps(dict(rows=rows)))
+    doc = tmp_path / 'doc.md'
+    text = (f'<!-- table {res} entropy entropy -->\n<!-- /table -->\nprose that must stay\n'
+            f'<!-- table {res} entropy entropy -->\nold\n<!-- end table -->\n')
+    doc.write_text(text)
+    assert tables.main([str(doc)]) == 2
+    assert doc.read_text() == text  # nothing rewritten
+    doc.write_text(text.replace('<!-- /table -->', '<!-- end table -->'))
+    assert tables.main([str(doc)]) == 0
+    out = doc.read_text()
+    assert 'prose that must stay' in out and out.count('| 8 | 1 |') == 2 and 'old' not in out
