@@ -71,13 +71,23 @@ def duration(s: float) -> str:
 
 
 class Progress:
-    """Every ETA of a job in one object. The job sets `following`: the generations it trains
-    after the current one. A training's lines give the generation's ETA from the step rate since
+    """Every ETA of a job in one object, told the job's plan once: `total`, the generations it
+    trains (plan.generations_trained); each run `reach`es its generations. A training's lines give the generation's ETA from the step rate since
     the last line, and the job's from the wall time of the last whole generation this process ran
     (before there is one, from the current training's projection)."""
 
-    def __init__(self):
-        self.following, self.per_generation = 0, None
+    def __init__(self, total: int = 0):
+        self.total, self.reached, self.per_generation = total, set(), None
+
+    def reach(self, key):
+        """A generation of the job reached (`key` names it; a generation reached again, as a
+        resumed run or a later study pass finds it, counts once)."""
+        self.reached.add(key)
+
+    @property
+    def following(self) -> int:
+        """Generations the job trains after the current one."""
+        return max(self.total - len(self.reached), 0)
 
     def generation_done(self, seconds: float):
         self.per_generation = seconds

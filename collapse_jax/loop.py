@@ -84,21 +84,20 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self.old)
 
 
-def run(cfg, workdir, engine=None, later=0, progress=None):
+def run(cfg, workdir, engine=None, progress=None):
     """Runs cfg.sweep's variants (or the one configured) under workdir. Returns {label: records}.
     A sweep varies only loop fields, so its variants share one Engine (one compilation) and
-    the generation-0 pool. `later`: generations the caller trains after this sweep (the ETA)."""
+    the generation-0 pool. `progress`: the job's (a study's), else this sweep's own."""
     variants = plan.sweep_configs(cfg, workdir)
     engine, runs = engine or engine_lib.Engine(variants[0][1]), {}
-    plan.check_cpu_budget(cfg, engine, plan.work(cfg, [(cfg.data.n, [
-        v for v, _, _ in variants])]), 'this run')
-    progress = progress or engine_lib.Progress()
+    job = [(cfg.data.n, [v for v, _, _ in variants])]
+    plan.check_cpu_budget(cfg, engine, plan.work(cfg, job), 'this run')
+    progress = progress or engine_lib.Progress(plan.generations_trained(cfg, job))
     for i, (v, sub, rd) in enumerate(variants):
         if i and jax.process_index() == 0:
             rd.copy_generation_zero_from(variants[0][2])
         _barrier(f'share {rd.root}')
-        after = later + (len(variants) - 1 - i) * (cfg.loop.generations - 1)
-        runs[v.label] = Run(sub, rd.root, engine, later=after, progress=progress).run()
+        runs[v.label] = Run(sub, rd.root, engine, progress=progress, shared=workdir).run()
     if cfg.sweep and jax.process_index() == 0:
         report.write_compare(layout.SweepDir(workdir), {v.label: rd.root for v, _, rd in variants})
     return runs
@@ -121,7 +120,7 @@ class Run:
     """One variant's run: its config, directory, engine, the real split, the featurizers and the
     held-out reference."""
 
-    def __init__(self, cfg, workdir, engine=None, later=0, progress=None):
+    def __init__(self, cfg, workdir, engine=None, progress=None, shared=None):
         self.real = real_split(cfg)
         self.engine = engine or engine_lib.Engine(cfg)
         self.engine.check(cfg)  # at once, before any phase: train and sample check again
@@ -131,8 +130,9 @@ class Run:
         self.writer = jax.process_index() == 0
         self.store = RunStore(self.dir, self.real, self.judge.featurize,
                               cfg.data.n * cfg.loop.pool_factor, self.writer)
-        # the ETA: generations the job trains after this variant's
-        self.later, self.progress = later, progress or engine_lib.Progress()
+        # the ETA; `shared`: where generation 0 is trained (a sweep's variants share it)
+        self.progress = progress or engine_lib.Progress(self.cfg.loop.generations)
+        self.shared = shared or workdir
 
     def first_training_set(self) -> layout.TrainSet:
         images, labels = self.real.d0()
@@ -155,7 +155,7 @@ class Run:
                 if d_g is None:  # resumed: D_g was made by an earlier process
                     d_g = gd.load_train_set()
                 times, t_gen, resumed = None, time.time(), files.isdir(gd.ckpt)
-                self.progress.following = self.cfg.loop.generations - 1 - g + self.later
+                self.progress.reach((self.shared, 0) if g == 0 else (self.dir.root, g))
                 if not gd.has_pool():                                    # phase 1: train, sample
                     times = self.train_and_sample(g, d_g, should_stop=lambda: pre.flag)
                     if times is None:

@@ -210,6 +210,12 @@ def work(cfg, runs) -> dict:
     return dict(train_images=images, unet_evals=evals)
 
 
+def generations_trained(cfg, runs) -> int:
+    """Generations `runs` [(n, [Variant])] train: generation 0 once per run (a sweep shares it),
+    then every later generation of every variant (the ETA's total)."""
+    return sum(1 + (cfg.loop.generations - 1) * len(variants) for _, variants in runs)
+
+
 def unet_flops(cfg, graphdef, platform=None) -> float:
     """FLOPs of one UNet evaluation of one image, from XLA's analysis of the lowered (not yet
     optimized) program; a training image costs about 3x that (forward and backward)."""

@@ -24,18 +24,12 @@ def run_study(cfg, workdir, engine=None):
     subs = plan.study_passes(cfg, p)
     engine = engine or engine_lib.Engine(plan.sweep_configs(subs[0][2], '/unused')[0][1])
     plan.check_cpu_budget(cfg, engine, plan.study_cost(cfg), 'this study')
-    # the generations each pass trains (for the ETA): generation 0 once per run, then G - 1 for
-    # each variant an earlier pass of the same run has not run
-    adds, seen = [], set()
+    progress = engine_lib.Progress(plan.generations_trained(
+        cfg, [(n, p.variants_at(seed)) for n, seed in p.runs()]))
     for n, seed, sub in subs:
-        new = [v for v in layout.parse_variants(sub.sweep) if (n, seed, v) not in seen]
-        adds.append(len(new) * (cfg.loop.generations - 1) + ((n, seed) not in seen))
-        seen |= {(n, seed, v) for v in new} | {(n, seed)}
-    progress = engine_lib.Progress()
-    for i, (n, seed, sub) in enumerate(subs):
         d = sd.sweep(n, seed).root
         log.info('study: N=%d seed=%d %s -> %s', n, seed, sub.sweep, d)
-        loop.run(sub, d, engine=engine, later=sum(adds[i + 1:]), progress=progress)
+        loop.run(sub, d, engine=engine, progress=progress)
     return study_report.draw(cfg, workdir)
 
 

@@ -104,11 +104,21 @@ def test_draws_figures_and_results_from_finished_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_one_real_study_run_end_to_end_and_headline_check(tmp_path, engine):
+def test_one_real_study_run_end_to_end_and_headline_check(tmp_path, engine, monkeypatch):
+    from collapse_jax import engine as engine_lib
+    left, reach = [], engine_lib.Progress.reach
+
+    def spy(self, key):  # the ETA's count of generations still to train, at each one reached
+        reach(self, key)
+        left.append((self.total, self.following))
+    monkeypatch.setattr(engine_lib.Progress, 'reach', spy)
     cfg = toy(ns='16', seeds='0', variants='replace:none,replace:greedy')
     res = study.run_study(cfg, str(tmp_path), engine)
     assert sorted(os.listdir(tmp_path)) == ['N16_seed0', 'figures']
     assert [r['generation'] for r in res['rows']] == [0, 1, 0, 1]
+    # generation 0 once, then one more per variant: 3, told once; the shared generation 0 of
+    # the second variant is not counted again
+    assert left == [(3, 2), (3, 1), (3, 1), (3, 0)]
     assert study.run_study(cfg, str(tmp_path), engine)['rows'] == res['rows']  # resumed: nothing redone
     # GS in the digits space, from the run's files, by brute force
     from collapse_jax import features
