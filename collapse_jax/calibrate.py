@@ -40,12 +40,14 @@ def run_calibration(cfg, workdir, engine=None):
         plan.validate(sub)
         subs.append(sub)
     engine = engine or engine_lib.Engine(subs[0])
-    for sub in subs:
-        _calibrate_n(sub, layout.CalibrateDir(workdir), p.steps, engine)
+    with loop.Preemption() as pre:  # SIGTERM: a checkpoint, then Stopped; a rerun resumes
+        for sub in subs:
+            _calibrate_n(sub, layout.CalibrateDir(workdir), p.steps, engine, pre)
+            loop.stop_at_boundary(pre, f'after N={sub.data.n}')
     return draw(cfg, workdir)
 
 
-def _calibrate_n(cfg, cd, steps, engine):
+def _calibrate_n(cfg, cd, steps, engine, pre):
     """One model of generation 0 at N = cfg.data.n; a cell at each step count."""
     n = cfg.data.n
     todo = [s for s in steps if not files.exists(cd.cell(n, s))]
@@ -75,8 +77,10 @@ def _calibrate_n(cfg, cd, steps, engine):
                      json.dumps({k: rec.get(k) for k in KEYS}))
         return hook
 
-    engine.train(cfg, images, labels, 0, rd.gen(0).ckpt, train_lib.init_params(cfg),
-                 engine_lib.Events(hooks={s: measure_at(s) for s in todo}))
+    res = engine.train(cfg, images, labels, 0, rd.gen(0).ckpt, train_lib.init_params(cfg),
+                       engine_lib.Events(lambda: pre.flag, hooks={s: measure_at(s) for s in todo}))
+    if res.stopped:
+        raise loop.Stopped(f'stopped by SIGTERM at N={n}; rerun to resume')
 
 
 def collect(cfg, workdir):

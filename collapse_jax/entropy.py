@@ -76,21 +76,26 @@ def run_entropy(cfg, workdir, engine=None):
         train_images=len(p.parents) * len(p.seeds) * train_lib.total_steps(cfg, cfg.data.n)
         * cfg.train.batch_size, unet_evals=len(p.parents) * len(p.seeds) * cfg.score.eval_n
         * cfg.sample.steps), 'this intervention')
-    for sub in subs:
-        real = loop.real_split(sub)
-        jd = judge.Judge(sub, real)
-        for k in p.parents:
-            if not files.exists(ed.cell(k, sub.seed)):
-                _cell(sub, ed, k, p, real, jd, engine)
+    with loop.Preemption() as pre:  # SIGTERM: a checkpoint, then Stopped; a rerun resumes
+        for sub in subs:
+            real = loop.real_split(sub)
+            jd = judge.Judge(sub, real)
+            for k in p.parents:
+                if not files.exists(ed.cell(k, sub.seed)):
+                    _cell(sub, ed, k, p, real, jd, engine, pre)
+                loop.stop_at_boundary(pre, f'after cell K={k} seed={sub.seed}')
     return draw_results(cfg, workdir)
 
 
-def _cell(cfg, ed, k, p, real, jd, engine):
+def _cell(cfg, ed, k, p, real, jd, engine, pre):
     d, h, what = sets(cfg, real, jd, k, p)
     rd = ed.run(k, cfg.seed)
     files.makedirs(rd.root)
     loop.check_workdir_config(rd.config, cfg.to_json(sort_keys=True))
-    res = engine.train(cfg, d, None, 0, rd.gen(0).ckpt, train_lib.init_params(cfg))
+    res = engine.train(cfg, d, None, 0, rd.gen(0).ckpt, train_lib.init_params(cfg),
+                       engine_lib.Events(lambda: pre.flag))
+    if res.stopped:
+        raise loop.Stopped(f'stopped by SIGTERM in cell K={k} seed={cfg.seed}; rerun to resume')
     sample = engine.sample(cfg, res.weights(cfg.train.ema), cfg.score.eval_n, 0, 'eval')[0]
     threshold = jd.copy_threshold()
     px, nn_idx = measure.pixel_measures(d, sample, cfg.score.k, cfg.score.mem_ratio, threshold,

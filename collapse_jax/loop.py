@@ -66,7 +66,7 @@ def stop_at_boundary(pre, where):
         raise Stopped(f'stopped by SIGTERM {where}; rerun to resume')
 
 
-class _Preemption:
+class Preemption:
     """SIGTERM (TPU preemption notice) -> save a checkpoint at the next step and exit cleanly."""
 
     def __init__(self):
@@ -149,7 +149,7 @@ class Run:
             g0.save_train_set(d_g)
         _barrier('generation 0 training set')
         records, last = self.dir.records(), self.cfg.loop.generations - 1
-        with _Preemption() as pre:
+        with Preemption() as pre:
             for g in range(self.cfg.loop.generations):
                 gd = self.dir.gen(g)
                 if d_g is None:  # resumed: D_g was made by an earlier process

@@ -47,9 +47,21 @@ def test_a_bad_entropy_section_names_its_field():
 @pytest.mark.slow
 def test_one_tiny_run_measures_each_cell_against_its_own_law_and_resumes(tmp_path, engine,
                                                                         monkeypatch):
-    from collapse_jax import scoring
+    from collapse_jax import loop, scoring
     cfg = toy()
-    res = entropy.run_entropy(cfg, str(tmp_path), engine)
+
+    class Preempted(loop.Preemption):  # SIGTERM before the first cell's first step
+        def __enter__(self):
+            super().__enter__()
+            self.flag = True
+            return self
+    with monkeypatch.context() as m:
+        m.setattr(loop, 'Preemption', Preempted)
+        with pytest.raises(loop.Stopped, match='stopped by SIGTERM in cell K=4 seed=0'):
+            entropy.run_entropy(cfg, str(tmp_path), engine)
+    assert (tmp_path / 'K4_seed0' / 'gen_000' / 'ckpt').exists()  # saved, and no cell yet
+    assert not (tmp_path / 'K4_seed0' / 'cell.json').exists()
+    res = entropy.run_entropy(cfg, str(tmp_path), engine)  # the same command resumes
     rows = {r['parents']: r for r in res['rows']}
     assert set(rows) == {4, 'plain real digits'}
     k4 = tmp_path / 'K4_seed0' / 'gen_000'

@@ -190,12 +190,12 @@ def test_crash_and_rerun_gives_the_uninterrupted_metrics(tmp_path, monkeypatch, 
 
 def test_a_preempted_sweep_stops_instead_of_starting_its_next_variant(tmp_path, engine,
                                                                       monkeypatch):
-    class Preempted(loop._Preemption):
+    class Preempted(loop.Preemption):
         def __enter__(self):
             super().__enter__()
             self.flag = True  # as if SIGTERM came before the first step
             return self
-    monkeypatch.setattr(loop, '_Preemption', Preempted)
+    monkeypatch.setattr(loop, 'Preemption', Preempted)
     cfg = tiny(generations=2)
     cfg.sweep = 'replace:none,replace:greedy'
     with pytest.raises(loop.Stopped, match='stopped by SIGTERM in generation 0'):
