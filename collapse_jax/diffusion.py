@@ -26,11 +26,6 @@ def alphas_cumprod(cfg) -> np.ndarray:
     return linear_alphas_cumprod(f.num_steps, f.beta_start, f.beta_end)
 
 
-def to_model_space(images_u8):
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return data.to_pm1(images_u8, jnp)
-
-
 def to_uint8(x):
     """float [-1, 1] -> uint8, rounded as diffusers' pipelines do."""
     return jnp.round(jnp.clip((x + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(jnp.uint8)
@@ -41,7 +36,7 @@ def make_loss_fn(graphdef, alphas_cumprod, *, num_classes=0, label_dropout=0.0):
     acp = jnp.asarray(alphas_cumprod, jnp.float32)
 
     def loss_fn(params, images_u8, labels, key):
-        x0 = to_model_space(images_u8)
+        x0 = data.to_pm1(images_u8, jnp)  # uint8 [0, 255] -> float32 [-1, 1]
         kt, kn, kd = jax.random.split(key, 3)
         t = jax.random.randint(kt, (x0.shape[0],), 0, acp.shape[0])
         noise = jax.random.normal(kn, x0.shape, jnp.float32)
