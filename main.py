@@ -8,7 +8,8 @@
   calibrate python main.py --mode=calibrate --config=configs/calibrate_cpu.py --workdir=<dir>
   entropy  python main.py --mode=entropy --config=configs/entropy_cpu.py --workdir=<dir>
 
---dry_run with run, study or calibrate prints the plan and its projected time, and writes nothing.
+--dry_run with run, study, calibrate or entropy prints the plan and its projected time, and
+writes nothing.
 """
 import importlib
 import logging as pylogging
@@ -32,9 +33,9 @@ flags.DEFINE_string('feature_space', 'pixel', 'score: pixel | digits | inception
 flags.DEFINE_string('weights', '', 'score: weights file of the feature network.')
 flags.DEFINE_string('out', '', 'score: JSON to write (default: <generated>.scores.json).')
 flags.DEFINE_list('runs', [], 'compare: run directories to draw on shared axes.')
-flags.DEFINE_bool('dry_run', False, 'run, study, calibrate: check the config, print the plan '
-                  '(runs, variants, what each generation trains, samples and selects from) and '
-                  'the projected time, and write nothing.')
+flags.DEFINE_bool('dry_run', False, 'run, study, calibrate, entropy: check the config, print '
+                  'the plan (runs, variants, what each generation trains, samples and selects '
+                  'from) and the projected time, and write nothing.')
 flags.DEFINE_string('topology', '', "--dry_run: also project the time on this TPU slice, e.g. "
                     "'v5e:2x2' (needs libtpu; python -m collapse_jax.aot compiles every program)")
 flags.DEFINE_float('mfu', 0.3, '--dry_run: the model FLOP utilisation assumed on an accelerator')

@@ -51,9 +51,9 @@ PARSE = ('import importlib, sys; m = importlib.import_module(sys.argv[1]); '
 
 @pytest.mark.slow
 def test_every_command_in_the_docs_parses(tmp_path):
-    """run, study and calibrate commands run with --dry_run; the other absl entries have every
-    flag and config override parsed by their own flag parser (absl's --help would not check
-    them); the plain-argv entries answer --help."""
+    """run, study, calibrate and entropy commands run with --dry_run; the other absl entries
+    have every flag and config override parsed by their own flag parser (absl's --help would not
+    check them); the plain-argv entries answer --help."""
     cmds = commands()
     assert len(cmds) >= 12
     env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
@@ -62,7 +62,7 @@ def test_every_command_in_the_docs_parses(tmp_path):
         mode = next((a.split('=')[1] for a in argv if a.startswith('--mode=')), 'run')
         module = 'main' if argv[0] == 'main.py' else argv[1]
         args = argv[1:] if argv[0] == 'main.py' else argv[2:]
-        if module == 'main' and mode in ('run', 'study', 'calibrate'):
+        if module == 'main' and mode in ('run', 'study', 'calibrate', 'entropy'):
             cmd, want = ['main.py'] + args + ['--dry_run'], 'nothing was written (--dry_run)'
         elif module in ('main', 'collapse_jax.aot', 'collapse_jax.bench'):
             cmd, want = ['-c', PARSE, module] + args, 'parsed'
