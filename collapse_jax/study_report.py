@@ -187,6 +187,10 @@ def _selection_figure(plt, runs, hn, groups, space, keys=('gs_mse', 'fd')):
                 if len(g):
                     ax.plot(g, mean, marker='o', label=v)
                     ax.fill_between(g, lo, hi, alpha=0.2)
+            floor = metrics.BY_KEY[key].floor  # FD's: two real sets of the same size
+            g, mean, _, _ = _spread(runs, hn, variants[0], floor) if floor else ((),) * 4
+            if len(g):
+                ax.plot(g, mean, ls='--', color='grey', label=f'{floor} (dashed)')
             what = metrics.BY_KEY[key].short or f'FD ({space})'
             _finish(ax, f'{family}: {what}, N = {hn}, band = seeds min-max')
     fig.tight_layout()
