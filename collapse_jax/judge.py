@@ -121,8 +121,8 @@ class Judge:
         if not cfg.score.eval_n:
             return None, 'none (score.eval_n = 0)'
         paradigm, rule = paradigms.of_config(cfg.loop)
-        draws = ArrayStore({s: self.heldout_real if s == REAL else store.eval(s.code)
-                            for s in paradigm.sources(g - 1)} | {REAL: self.heldout_real},
+        draws = ArrayStore({s: store.eval(s.code) for s in paradigm.sources(g - 1) if s.is_pool}
+                           | {REAL: self.heldout_real},
                            n=store.n, pool_size=store.pool_size, featurize=self.featurize,
                            fresh_n=store.fresh_n)
         return paradigms.heldout_set(paradigm, rule, g - 1, draws,

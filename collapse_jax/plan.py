@@ -127,15 +127,14 @@ class CalibratePlan:
 
 
 def study_passes(cfg, p: StudyPlan, with_files: bool = True) -> list:
-    """[(n, seed, config)] of the study's passes, in order: each a sweep of the pass's variants,
-    every variant of every pass validated before any work."""
+    """[(n, seed, config, sweep_configs of it)] of the study's passes, in order: each a sweep of
+    the pass's variants, every variant of every pass validated before any work."""
     out = []
     for n, seed, variants in p.passes():
         sub = cfg.copy_and_resolve_references()
         sub.data.n, sub.seed = n, seed
         sub.sweep = ','.join(f'{v.paradigm}:{v.rule}' for v in variants)
-        sweep_configs(sub, '/unused', with_files=with_files)
-        out.append((n, seed, sub))
+        out.append((n, seed, sub, sweep_configs(sub, '/unused', with_files=with_files)))
     return out
 
 

@@ -22,11 +22,11 @@ def run_study(cfg, workdir, engine=None):
     """Runs (or resumes) every pass of the study, then draws it. Returns the results dict."""
     p, sd = plan.study_plan(cfg), layout.StudyDir(workdir)
     subs = plan.study_passes(cfg, p)
-    engine = engine or engine_lib.Engine(plan.sweep_configs(subs[0][2], '/unused')[0][1])
+    engine = engine or engine_lib.Engine(subs[0][3][0][1])  # the first variant's config
     plan.check_cpu_budget(cfg, engine, plan.study_cost(cfg), 'this study')
     progress = engine_lib.Progress(plan.generations_trained(
         cfg, [(n, p.variants_at(seed)) for n, seed in p.runs()]))
-    for n, seed, sub in subs:
+    for n, seed, sub, _ in subs:
         d = sd.sweep(n, seed).root
         log.info('study: N=%d seed=%d %s -> %s', n, seed, sub.sweep, d)
         loop.run(sub, d, engine=engine, progress=progress)
