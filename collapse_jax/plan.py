@@ -224,8 +224,9 @@ def unet_flops(cfg, graphdef, platform=None) -> float:
     params = nnx.state(nnx.eval_shape(lambda: train_lib.make_model(cfg, 0, platform)))
     y = jnp.zeros((1,), jnp.int32) if cfg.model.num_classes else None
     fn = jax.jit(lambda p, x, t: nnx.merge(graphdef, p)(x, t, y))
-    lowered = fn.lower(params, jax.ShapeDtypeStruct((1, r, r, c), jnp.float32),
-                       jax.ShapeDtypeStruct((1,), jnp.int32))
+    lowered = fn.trace(params, jax.ShapeDtypeStruct((1, r, r, c), jnp.float32),
+                       jax.ShapeDtypeStruct((1,), jnp.int32)).lower(
+        lowering_platforms=(platform or jax.default_backend(),))  # that platform's branches
     return float(lowered.cost_analysis()['flops'])
 
 

