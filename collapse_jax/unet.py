@@ -82,8 +82,8 @@ def cpu_attention(q, k, v):
     """jax.nn.dot_product_attention(q, k, v) for (batch, tokens, heads, head_dim), laid out for
     XLA:CPU: heads lead, keys are pre-transposed so both products are plain batched matmuls, and
     the softmax's division comes after the value product (on head_dim columns, not on tokens).
-    The same numbers within float rounding; 2-4x faster on the CPU with 8-wide heads (the CPU
-    presets spend about 40% of their forward in attention). Lowered on the CPU only: GPU and TPU
+    The same numbers within float rounding; the 'small' preset's forward runs 1.25-1.6x faster
+    with it (docs/benchmarks.md). Lowered on the CPU only: GPU and TPU
     programs keep dot_product_attention (Attention.__call__ uses lax.platform_dependent)."""
     f32 = jnp.float32  # logits and softmax in float32, as in dot_product_attention
     q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)

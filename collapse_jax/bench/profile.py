@@ -52,13 +52,14 @@ def _hlo_kinds(hlo: str) -> dict:
 
 def jax_profile(fn, args, calls=3) -> dict:
     """{kind: ms per call} of the jitted `fn` from a profiler trace, and 'wall' (ms per call)."""
-    kinds = _hlo_kinds(fn.lower(*args).compile().as_text())
-    jax.block_until_ready(fn(*args))
-    wall = best_time(lambda: jax.block_until_ready(fn(*args)), calls) * 1e3
+    compiled = fn.lower(*args).compile()  # compiled once: its text names the thunks it runs
+    kinds = _hlo_kinds(compiled.as_text())
+    jax.block_until_ready(compiled(*args))
+    wall = best_time(lambda: jax.block_until_ready(compiled(*args)), calls) * 1e3
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):
             for _ in range(calls):
-                jax.block_until_ready(fn(*args))
+                jax.block_until_ready(compiled(*args))
         events = json.load(gzip.open(glob.glob(f'{d}/**/*.trace.json.gz', recursive=True)[0]))
     out = collections.Counter()
     for e in events['traceEvents'] if isinstance(events, dict) else events:
