@@ -25,6 +25,15 @@ def _pad_rows(x, multiple):
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
 
+def _merge(best_d, best_i, d, cols, kc):
+    """The kc smallest of (best_d, best_i) and of the distance block d [rows, cols] (columns
+    numbered by `cols`): d's own kc smallest first, then kc against kc (no [rows, kc + cols]
+    copy)."""
+    nd, pos = jax.lax.top_k(-d, kc)
+    md, mpos = jax.lax.top_k(jnp.concatenate([-best_d, nd], 1), kc)
+    return -md, jnp.take_along_axis(jnp.concatenate([best_i, cols[pos]], 1), mpos, 1)
+
+
 _devices = parallel.local_devices  # one name, so that a test can pin it to one device
 
 
@@ -97,11 +106,7 @@ def _knn(queries, refs, q_offset, k: int = 1, exclude_self: bool = False, block_
             ridx = r0 + jnp.arange(block_r)
             if exclude_self:
                 d = jnp.where(qidx[:, None] == ridx[None], jnp.inf, d)
-            d = jnp.maximum(d, 0.0)
-            nd, pos = jax.lax.top_k(-jnp.concatenate([best_d, d], 1), kc)
-            ni = jnp.take_along_axis(jnp.concatenate([best_i, jnp.broadcast_to(ridx, d.shape)], 1),
-                                     pos, 1)
-            return (-nd, ni), None
+            return _merge(best_d, best_i, jnp.maximum(d, 0.0), ridx, kc), None
 
         init = (jnp.full((block_q, kc), jnp.inf), jnp.zeros((block_q, kc), jnp.int32))
         starts = jnp.arange(r_blocks.shape[0], dtype=jnp.int32) * block_r
@@ -141,12 +146,9 @@ def _self_knn(x, k: int = 1, block: int = 1024):
     pairs = np.array([(i, j) for i in range(nb) for j in range(i, nb)], np.int32)
 
     def merge(best, start, d, cols):
-        bd = jax.lax.dynamic_slice(best[0], (start, 0), (block, kc))
-        bi = jax.lax.dynamic_slice(best[1], (start, 0), (block, kc))
-        nd, pos = jax.lax.top_k(-jnp.concatenate([bd, d], 1), kc)
-        ni = jnp.take_along_axis(jnp.concatenate([bi, jnp.broadcast_to(cols, d.shape)], 1), pos, 1)
-        return (jax.lax.dynamic_update_slice(best[0], -nd, (start, 0)),
-                jax.lax.dynamic_update_slice(best[1], ni, (start, 0)))
+        bd, bi = (jax.lax.dynamic_slice(b, (start, 0), (block, kc)) for b in best)
+        return tuple(jax.lax.dynamic_update_slice(b, m, (start, 0))
+                     for b, m in zip(best, _merge(bd, bi, d, cols, kc)))
 
     def step(best, ij):
         i0, j0 = ij[0] * block, ij[1] * block
@@ -163,10 +165,12 @@ def _self_knn(x, k: int = 1, block: int = 1024):
     (_, idx), _ = jax.lax.scan(step, init, jnp.asarray(pairs))
 
     def exact_block(args):  # direct distances of the candidates, no cancellation
-        rb, ib = args
+        start, ib = args  # rows sliced from r itself: a reshape would centre x a second time
+        rb = jax.lax.dynamic_slice(r, (start, 0), (block, dim))
         e = jnp.sum((rb[:, None, :] - r[ib]) ** 2, axis=-1)
         order = jnp.argsort(e, axis=1)[:, :k]
         return jnp.take_along_axis(e, order, 1), jnp.take_along_axis(ib, order, 1)
 
-    d, i = jax.lax.map(exact_block, (r.reshape(nb, block, dim), idx.reshape(nb, block, kc)))
+    d, i = jax.lax.map(exact_block, (jnp.arange(nb, dtype=jnp.int32) * block,
+                                     idx.reshape(nb, block, kc)))
     return d.reshape(-1, k)[:n], i.reshape(-1, k)[:n]

@@ -64,15 +64,15 @@ def knn_entropy(x, k: int = 1, dedup: bool = False, return_duplicates: bool = Fa
     With return_duplicates, also the number of rows that repeat an earlier row.
     """
     x = _flat(x)
-    keep = unique_rows(x)
-    dup = x.shape[0] - keep.shape[0]
-    if dedup:
-        x = x[keep]
-    n, d = x.shape
+    sq = None if dedup or x.shape[0] <= k else self_knn(x, k=k)[0]  # runs while the host
+    keep = unique_rows(x)                                              # looks for duplicates
     if len(keep) <= k:
         raise ValueError(f'knn_entropy needs more than k={k} distinct points, got {len(keep)}')
-    h = entropy_from_distances(nn_distances(x, k), d, k, 0.0 if dedup else PAPER_FLOOR)
-    return (h, dup) if return_duplicates else h
+    if dedup:
+        sq = self_knn(x[keep], k=k)[0]
+    eps = np.sqrt(np.asarray(sq[:, k - 1], np.float64))
+    h = entropy_from_distances(eps, x.shape[1], k, 0.0 if dedup else PAPER_FLOOR)
+    return (h, x.shape[0] - len(keep)) if return_duplicates else h
 
 
 def generalization_score(generated, train, metric: str = 'mse') -> float:

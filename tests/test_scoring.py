@@ -60,6 +60,14 @@ def test_entropy_removes_and_counts_duplicates():
     assert np.isfinite(h) and h == pytest.approx(scoring.knn_entropy(x), abs=1e-6)
 
 
+def test_entropy_refuses_too_few_distinct_points():
+    x = np.tile(np.arange(6.0), (5, 1))  # five copies of one point, then two distinct points
+    for k, rows, dedup in ((1, x, False), (1, x, True), (2, np.concatenate([x, x[:1] + 1]), False)):
+        with pytest.raises(ValueError, match=f'more than k={k} distinct points'):
+            scoring.knn_entropy(rows, k=k, dedup=dedup)
+    assert np.isfinite(scoring.knn_entropy(np.concatenate([x, x[:1] + 1]), k=1, dedup=True))
+
+
 def test_paper_entropy_keeps_copies_and_takes_log_eps_plus_1e10():
     """The reference's form: every row counts, log(eps + 1e-10), so copies pull it down."""
     x = np.random.default_rng(3).integers(0, 256, (128, 16)).astype(np.float64)
