@@ -126,7 +126,12 @@ def greedy_loop(x, n, first, valid, mesh=None, block: int = 32, top: int = 32):
 
     def body(i, s):
         s = jax.lax.cond(s['np'] == block, full_update, lambda s: s, s)
-        vals, idx = jax.lax.top_k(s['ub'], top)
+        # the `top` largest bounds by their float32 rounding, as a [1, m] row: XLA:CPU runs any
+        # other top_k (int32, float64, 1-D) as a full sort, 4x the rest of a pick. The rounding
+        # is monotone, so a refreshed value whose rounding beats the top-th rounded bound beats
+        # every bound left out.
+        low, idx = (a[0] for a in jax.lax.top_k(s['ub'].astype(jnp.float32)[None], top))
+        vals = s['ub'][idx]
         r = jnp.where(vals < 0, vals, jnp.minimum(vals, pending(s, idx)))
         s = dict(s, ub=s['ub'].at[idx].set(r))
         best_r = r.max()
@@ -136,8 +141,8 @@ def greedy_loop(x, n, first, valid, mesh=None, block: int = 32, top: int = 32):
             s = full_update(s)
             return s, jnp.argmax(s['ub']).astype(jnp.int32)
 
-        s, j = jax.lax.cond(best_r > vals[top - 1], lambda s: (s, lazy_best.astype(jnp.int32)),
-                            exact, s)
+        s, j = jax.lax.cond(best_r.astype(jnp.float32) > low[top - 1],
+                            lambda s: (s, lazy_best.astype(jnp.int32)), exact, s)
         return dict(s, ub=s['ub'].at[j].set(-1), picks=s['picks'].at[i].set(j),
                     pend=s['pend'].at[s['np']].set(_take(x, j[None], mesh)[0]),
                     pend_sq=s['pend_sq'].at[s['np']].set(sq[j]), np=s['np'] + 1)

@@ -122,6 +122,25 @@ def test_greedy_on_pixels_is_exact_where_float32_rounds():
                                   naive_greedy(x.astype(np.int64), 150, 5))
 
 
+def test_greedy_exact_where_the_float32_ranking_of_bounds_ties():
+    """The lazy step ranks bounds by their float32 rounding. Here 120 candidates lie at squared
+    distances 3068 * 255^2 + i (i <= 10) from the first pick, all one float32 value, and the
+    farthest (i = 10) has the highest index: the top 32 by rounding miss it, and the pick must
+    still be exact."""
+    rng = np.random.default_rng(7)
+    x = np.full((122, 3072), 255, np.uint8)
+    x[0] = 0
+    squares = {i: next(v for v in np.ndindex(4, 4, 4, 4) if sum(a * a for a in v) == i)
+               for i in range(11)}
+    for row, i in enumerate(list(rng.integers(0, 10, 119)) + [10], start=1):  # rows 1-120
+        x[row, :4] = squares[int(i)]
+    x[121, 4:] = rng.integers(0, 256, 3068)  # one candidate unlike the rest
+    d0 = ((x.astype(np.int64) - x[0]) ** 2).sum(1)
+    assert len(set(np.float32(d0[1:121]))) == 1 and d0[120] > d0[1:120].max()
+    np.testing.assert_array_equal(greedy_select(x, 40, first=0),
+                                  naive_greedy(x.astype(np.int64), 40, 0))
+
+
 def test_integer_path_picks_what_float64_picks_on_pixels_and_says_so():
     # d = 3072: squared distances up to 2e8, beyond float32's 2^24; int8 x int8 -> int32 is exact
     # (any backend), float64 is exact here (CPU); both must choose the same, and the record says
