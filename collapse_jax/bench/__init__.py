@@ -95,6 +95,22 @@ def bench_roofline(rows, size):
 
 # ----------------------------------------------------------------------------- kNN entropy
 
+def _openblas_core():
+    """OPENBLAS_CORETYPE for faiss: the faiss-cpu wheel bundles an older OpenBLAS (0.3.15 in
+    1.15.1) that takes CPUs newer than itself for 'Prescott', SSE3 kernels 4-5x slower than the
+    machine's. Unless the user set it, name the core that numpy's (newer) OpenBLAS detected.
+    Returns the value in force, or None."""
+    try:
+        import threadpoolctl
+        core = next((i.get('architecture') for i in threadpoolctl.threadpool_info()
+                     if i.get('internal_api') == 'openblas'), None)
+    except ImportError:
+        core = None
+    if core and 'faiss' not in sys.modules:
+        os.environ.setdefault('OPENBLAS_CORETYPE', core)
+    return os.environ.get('OPENBLAS_CORETYPE')
+
+
 def bench_knn(rows, n, d, matmul_rate):
     """Ours takes the pixels as the project stores them (uint8); the peers take float32, converted
     before their clocks start."""
@@ -115,6 +131,7 @@ def bench_knn(rows, n, d, matmul_rate):
         dist, _ = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
         peers['sklearn'] = (time.perf_counter() - t0,
                             scoring.entropy_from_distances(dist[:, 1], d))
+    core = _openblas_core()  # before faiss loads its own OpenBLAS
     if have('faiss'):
         import faiss
 
@@ -131,7 +148,8 @@ def bench_knn(rows, n, d, matmul_rate):
         record(rows, name, s, 's', higher_is_better=False, entropy=h, compile_s=max(first - s, 0.0))
     for peer, (ps, ph) in peers.items():
         record(rows, name, s, 's', ps, peer, higher_is_better=False, entropy=h,
-               peer_entropy=ph, entropy_abs_diff=abs(h - ph), compile_s=max(first - s, 0.0))
+               peer_entropy=ph, entropy_abs_diff=abs(h - ph), compile_s=max(first - s, 0.0),
+               **(dict(openblas_coretype=core) if peer == 'faiss' else {}))
     if matmul_rate:
         record(rows, 'knn scorer rate / matmul rate', rate / matmul_rate, 'fraction',
                scorer_gflops=rate, matmul_gflops=matmul_rate, executed_gflop=executed / 1e9,
