@@ -7,6 +7,7 @@ PyTorch checkpoint maps onto ours one tensor at a time. Images are NHWC.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +40,53 @@ def _conv(cin, cout, rngs, kernel=3, stride=1, dtype=None):
                     dtype=dtype, rngs=rngs)
 
 
+class GroupNorm(nnx.GroupNorm):
+    """nnx.GroupNorm, with the same parameters and derivatives. Its forward value on the CPU comes
+    from `cpu_group_norm`; on GPU and TPU, and for every derivative (a custom_jvp whose rule is
+    nnx.GroupNorm's own), the programs are nnx.GroupNorm's."""
+
+    def __call__(self, x):
+        graphdef, state = nnx.split(self)
+        return _group_norm(graphdef, state, x)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _group_norm(graphdef, state, x):
+    m = nnx.merge(graphdef, state)
+    return jax.lax.platform_dependent(x, cpu=partial(cpu_group_norm, m),
+                                      default=partial(nnx.GroupNorm.__call__, m))
+
+
+@_group_norm.defjvp
+def _group_norm_jvp(graphdef, primals, tangents):
+    return jax.jvp(lambda state, x: nnx.GroupNorm.__call__(nnx.merge(graphdef, state), x),
+                   primals, tangents)
+
+
+def cpu_group_norm(m: nnx.GroupNorm, x):
+    """nnx.GroupNorm `m` of x [b, ..., c], laid out for XLA:CPU: the statistics (mean and E[x^2]
+    in float32, as nnx's) are summed per channel over the pixels first, a reduction along a major
+    axis with the channels minor, then over each group's few channels. XLA:CPU reduces nnx's
+    [b, ..., groups, c / groups] layout over its inner axes slowly. The same values within float
+    rounding; the UNet forward (the sampler) runs 1.15-1.3x faster with it (docs/benchmarks.md)."""
+    x, scale, bias = m.promote_dtype((x, m.scale[...], m.bias[...]), dtype=m.dtype)
+    b, c, g = x.shape[0], x.shape[-1], m.num_groups
+    xf = x.astype(jnp.float32).reshape(b, -1, c)
+    n = xf.shape[1] * (c // g)
+
+    def group_mean(a):  # per-channel sums [b, c] -> each channel's group mean, [b, 1, c]
+        return jnp.repeat(a.reshape(b, g, -1).sum(-1) / n, c // g, axis=1)[:, None]
+    mean = group_mean(xf.sum(1))
+    inv = jax.lax.rsqrt(jnp.maximum(group_mean((xf * xf).sum(1)) - mean * mean, 0.0) + m.epsilon)
+    return (((xf - mean) * inv) * scale + bias).astype(x.dtype).reshape(x.shape)
+
+
 class ResnetBlock2D(nnx.Module):
     def __init__(self, cin, cout, temb, groups, rngs, dtype=None):
-        self.norm1 = nnx.GroupNorm(cin, num_groups=groups, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.norm1 = GroupNorm(cin, num_groups=groups, epsilon=1e-5, dtype=dtype, rngs=rngs)
         self.conv1 = _conv(cin, cout, rngs, dtype=dtype)
         self.time_emb_proj = nnx.Linear(temb, cout, dtype=dtype, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(cout, num_groups=groups, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.norm2 = GroupNorm(cout, num_groups=groups, epsilon=1e-5, dtype=dtype, rngs=rngs)
         self.conv2 = _conv(cout, cout, rngs, dtype=dtype)
         self.conv_shortcut = _conv(cin, cout, rngs, kernel=1, dtype=dtype) if cin != cout else None
 
@@ -62,7 +104,7 @@ class Attention(nnx.Module):
 
     def __init__(self, ch, groups, rngs, head_dim=8, dtype=None):
         self.heads = max(ch // head_dim, 1)
-        self.group_norm = nnx.GroupNorm(ch, num_groups=groups, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.group_norm = GroupNorm(ch, num_groups=groups, epsilon=1e-5, dtype=dtype, rngs=rngs)
         self.to_q = nnx.Linear(ch, ch, dtype=dtype, rngs=rngs)
         self.to_k = nnx.Linear(ch, ch, dtype=dtype, rngs=rngs)
         self.to_v = nnx.Linear(ch, ch, dtype=dtype, rngs=rngs)
@@ -142,7 +184,7 @@ class UNet(nnx.Module):
                             None if i == len(rw) - 1 else 'up', rngs, dtype))
             prev = cout
         self.up_blocks = nnx.List(up)
-        self.conv_norm_out = nnx.GroupNorm(widths[0], num_groups=groups, epsilon=1e-5, dtype=dtype,
+        self.conv_norm_out = GroupNorm(widths[0], num_groups=groups, epsilon=1e-5, dtype=dtype,
                                            rngs=rngs)
         self.conv_out = _conv(widths[0], in_channels, rngs, dtype=dtype)
 

@@ -95,11 +95,39 @@ def test_cpu_attention_matches_dot_product_attention():
     np.testing.assert_allclose(got.astype(jnp.float32), ref, atol=2 ** -7 * float(jnp.abs(ref).max()))
 
 
+def test_cpu_group_norm_matches_nnx_group_norm():
+    """unet.GroupNorm on the CPU (cpu_group_norm: statistics per channel first) gives
+    nnx.GroupNorm's values within float rounding, at the CPU presets' 2 and 4 channels a group,
+    bfloat16 within one ulp; its derivatives are nnx.GroupNorm's own, bit for bit."""
+    import jax
+    for shape, groups in (((4, 16, 16, 16), 8), ((3, 8, 8, 32), 8), ((2, 4, 4, 96), 16)):
+        m = unet.GroupNorm(shape[-1], num_groups=groups, epsilon=1e-5, rngs=nnx.Rngs(0))
+        m.scale[...] = jax.random.normal(jax.random.key(1), shape[-1:]) + 1
+        m.bias[...] = jax.random.normal(jax.random.key(2), shape[-1:])
+        x = jax.random.normal(jax.random.key(3), shape) * 3 + 1
+        ours, ref = m(x), nnx.GroupNorm.__call__(m, x)
+        assert float(jnp.abs(ours - ref).max()) > 0  # cpu_group_norm ran: its sums round apart
+        np.testing.assert_allclose(ours, ref, atol=1e-5 * float(jnp.abs(ref).max()), rtol=0)
+        gd, st = nnx.split(m)
+        w = jnp.cos(jnp.arange(np.prod(shape)).reshape(shape))
+        grads = [jax.grad(lambda st, x: (call(nnx.merge(gd, st), x) * w).sum(), argnums=(0, 1))(
+            st, x) for call in (unet.GroupNorm.__call__, nnx.GroupNorm.__call__)]
+        for a, b in zip(*map(jax.tree.leaves, grads)):
+            np.testing.assert_array_equal(a, b)
+    m = unet.GroupNorm(32, num_groups=8, epsilon=1e-5, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    x = (jax.random.normal(jax.random.key(4), (3, 8, 8, 32)) * 3 + 1).astype(jnp.bfloat16)
+    got, ref = m(x), nnx.GroupNorm.__call__(m, x)
+    assert got.dtype == ref.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), ref.astype(jnp.float32),
+                               atol=2 ** -7 * float(jnp.abs(ref.astype(jnp.float32)).max()))
+
+
 @pytest.mark.slow
-def test_unet_and_samples_unchanged_by_the_cpu_attention(monkeypatch):
-    """The 'small' UNet on the CPU (cpu_attention) against the same UNet with
-    dot_product_attention: outputs and parameter gradients within 1e-5 of their scale, and a
-    20-step chain's uint8 samples differ by at most one level in at most 0.1% of pixels."""
+def test_unet_and_samples_unchanged_by_the_cpu_layouts(monkeypatch):
+    """The 'small' UNet on the CPU (cpu_attention; cpu_group_norm in the forward pass) against
+    the same UNet with dot_product_attention and nnx.GroupNorm: outputs and parameter gradients
+    within 1e-5 of their scale, and a 20-step chain's uint8 samples differ by at most one level in
+    at most 0.1% of pixels."""
     import jax
     from collapse_jax import diffusion
     gd, params = nnx.split(unet.make_unet('small', in_channels=1))
@@ -116,6 +144,7 @@ def test_unet_and_samples_unchanged_by_the_cpu_attention(monkeypatch):
 
     out, grad, images = run()
     monkeypatch.setattr(unet, 'cpu_attention', jax.nn.dot_product_attention)
+    monkeypatch.setattr(unet.GroupNorm, '__call__', nnx.GroupNorm.__call__)
     ref_out, ref_grad, ref_images = run()
     np.testing.assert_allclose(out, ref_out, atol=1e-5 * float(jnp.abs(ref_out).max()))
     for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref_grad)):
