@@ -1,9 +1,10 @@
 """Where the UNet's time goes on this machine, by kind of op, beside diffusers' UNet2DModel:
-  python -m collapse_jax.bench.profile [--cases=small:8,small:32,UNet48:4,UNet48:8,tiny:64]
+  python -m collapse_jax.bench.profile [--cases=small:8,UNet48:4,tiny:32:16x1,tiny:128:16x1]
 
-For each preset:batch it times one forward and one forward+backward (the gradient of a squared
-output, parameters and input) on 32x32x3 images, the best of a few calls, and splits the time by
-kind of op:
+For each preset:batch[:SIZExCHANNELS] (images 32x3 unless given; the CPU configs run tiny on
+16x16x1, training batch 32, sampling batch 128) it times one forward and one forward+backward
+(the gradient of a squared output, parameters and input), the best of a few calls, and splits
+the time by kind of op:
   JAX:   jax.profiler's trace of the compiled program: each XLA:CPU thunk's time, its kind read
          from the ops of the fusion it runs (a fusion with a convolution is 'convolution', else
          one with a dot 'matmul', else with an exponential 'softmax exp', else with a reduce
@@ -21,6 +22,7 @@ import glob
 import gzip
 import json
 import re
+import sys
 import tempfile
 import time
 
@@ -101,11 +103,11 @@ def torch_profile(model, x, t, backward, calls=3) -> dict:
     return dict(out, wall=wall)
 
 
-def profile_case(preset, batch):
+def profile_case(preset, batch, size=32, channels=3):
     from flax import nnx
     from collapse_jax import unet
-    gd, params = nnx.split(unet.make_unet(preset, in_channels=3))
-    x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))
+    gd, params = nnx.split(unet.make_unet(preset, in_channels=channels))
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, channels))
     t = jnp.arange(batch) * (1000 // batch)
     fwd = jax.jit(lambda p, x: nnx.merge(gd, p)(x, t))
     grad = jax.jit(jax.grad(lambda p, x: (nnx.merge(gd, p)(x, t) ** 2).mean(), argnums=(0, 1)))
@@ -115,8 +117,8 @@ def profile_case(preset, batch):
         import torch
         from collapse_jax.bench.peers import diffusers_unet
         torch.set_num_threads(2)
-        model = diffusers_unet(preset)
-        xt = torch.randn(batch, 3, 32, 32)
+        model = diffusers_unet(preset, channels, size)
+        xt = torch.randn(batch, channels, size, size)
         tt = torch.arange(batch) * (1000 // batch)
         rows[('torch', 'forward')] = torch_profile(model.eval(), xt, tt, False)
         rows[('torch', 'fwd+bwd')] = torch_profile(model.train(), xt, tt, True)
@@ -124,36 +126,46 @@ def profile_case(preset, batch):
 
 
 def table(results) -> str:
-    lines = ['| preset, batch | framework | pass | wall ms | ' + ' | '.join(KINDS) + ' |',
+    lines = ['| preset, batch, image | framework | pass | wall ms | ' + ' | '.join(KINDS) + ' |',
              '|---|---|---|---|' + '---|' * len(KINDS)]
-    for (preset, batch), rows in results.items():
+    for (preset, batch, size, ch), rows in results.items():
         for (fw, what), r in rows.items():
             total = sum(r.get(k, 0.0) for k in KINDS) or 1.0
             cells = [f"{r.get(k, 0.0):.1f} ({100 * r.get(k, 0.0) / total:.0f}%)" for k in KINDS]
-            lines.append(f"| {preset}, {batch} | {fw} | {what} | {r['wall']:.1f} | "
+            lines.append(f"| {preset}, {batch}, {size}x{size}x{ch} | {fw} | {what} | {r['wall']:.1f} | "
                          + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--cases', default='small:8,small:32,UNet48:4,UNet48:8,tiny:64',
-                    help='comma-separated preset:batch')
+    ap.add_argument('--cases', default='small:8,UNet48:4,tiny:32:16x1,tiny:128:16x1',
+                    help='comma-separated preset:batch[:SIZExCHANNELS] (default image 32x3)')
     ap.add_argument('--out', default='', help='also write the results as JSON here')
     args = ap.parse_args(argv)
     results = {}
     for case in args.cases.split(','):
-        preset, _, batch = case.partition(':')
+        try:
+            preset, batch, *image = case.split(':')
+            size, ch = map(int, (image or ['32x3'])[0].split('x'))
+            key = (preset, int(batch), size, ch)
+        except ValueError:
+            sys.exit(f'error: --cases: {case!r}; allowed: preset:batch[:SIZExCHANNELS], e.g. '
+                     'tiny:32:16x1')
+        from collapse_jax import unet
+        if preset not in unet.PRESETS:
+            sys.exit(f'error: --cases: preset {preset!r}; allowed: {", ".join(unet.PRESETS)}')
         t0 = time.perf_counter()
-        results[(preset, int(batch))] = profile_case(preset, int(batch))
+        results[key] = profile_case(*key)
         print(f'{case}: profiled in {time.perf_counter() - t0:.0f} s', flush=True)
     print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}; ms per call (share of the '
           'summed op time)')
     print(table(results))
     if args.out:
         from collapse_jax import files
-        files.save_json(args.out, [dict(preset=p, batch=b, framework=fw, what=w, **r)
-                                   for (p, b), rows in results.items()
+        files.save_json(args.out, [dict(preset=p, batch=b, size=sz, channels=c, framework=fw,
+                                        what=w, **r)
+                                   for (p, b, sz, c), rows in results.items()
                                    for (fw, w), r in rows.items()])
     return results
 
