@@ -240,8 +240,10 @@ def _copying_figure(plt, runs, hn, variants):
             ax.set_ylim(min(lo, null - 0.02), max(hi, null + 0.02))
         ax.set_ylabel(ylabel, fontsize=8)
         _finish(ax, f'{title}\ndashed: null (H_g, fresh draws of D_g\'s process)', 7)
-    axes[0, 0].legend(fontsize=6, title=f'N = {hn}; band: min-max over seeds',
-                      title_fontsize=6)
+    labelled = next((ax for ax in axes.flat if ax.get_legend_handles_labels()[0]), None)
+    if labelled is not None:  # the first panel with data (a panel can have none)
+        labelled.legend(fontsize=6, title=f'N = {hn}; band: min-max over seeds',
+                        title_fontsize=6)
     fig.tight_layout()
     return fig
 
