@@ -132,8 +132,8 @@ def table(results) -> str:
         for (fw, what), r in rows.items():
             total = sum(r.get(k, 0.0) for k in KINDS) or 1.0
             cells = [f"{r.get(k, 0.0):.1f} ({100 * r.get(k, 0.0) / total:.0f}%)" for k in KINDS]
-            lines.append(f"| {preset}, {batch}, {size}x{size}x{ch} | {fw} | {what} | {r['wall']:.1f} | "
-                         + ' | '.join(cells) + ' |')
+            lines.append(f"| {preset}, {batch}, {size}x{size}x{ch} | {fw} | {what} | "
+                         f"{r['wall']:.1f} | " + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
@@ -143,6 +143,7 @@ def main(argv=None):
                     help='comma-separated preset:batch[:SIZExCHANNELS] (default image 32x3)')
     ap.add_argument('--out', default='', help='also write the results as JSON here')
     args = ap.parse_args(argv)
+    from collapse_jax import unet
     results = {}
     for case in args.cases.split(','):
         try:
@@ -152,7 +153,6 @@ def main(argv=None):
         except ValueError:
             sys.exit(f'error: --cases: {case!r}; allowed: preset:batch[:SIZExCHANNELS], e.g. '
                      'tiny:32:16x1')
-        from collapse_jax import unet
         if preset not in unet.PRESETS:
             sys.exit(f'error: --cases: preset {preset!r}; allowed: {", ".join(unet.PRESETS)}')
         t0 = time.perf_counter()
